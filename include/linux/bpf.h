@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/* Trimmed from the kernel's uapi <linux/bpf.h>: the map types, flags and
+ * program contexts the datapath uses. Layouts are the kernel's ABI and must
+ * not be changed; fields past the last one the programs read are left out,
+ * which is safe because context accesses are rewritten by offset. */
+#pragma once
+
+#include <linux/types.h>
+
+#define __bpf_md_ptr(type, name)	\
+union {					\
+	type name;			\
+	__u64 :64;			\
+} __attribute__((aligned(8)))
+
+enum bpf_map_type {
+	BPF_MAP_TYPE_UNSPEC,
+	BPF_MAP_TYPE_HASH,
+	BPF_MAP_TYPE_ARRAY,
+	BPF_MAP_TYPE_PROG_ARRAY,
+	BPF_MAP_TYPE_PERF_EVENT_ARRAY,
+	BPF_MAP_TYPE_PERCPU_HASH,
+	BPF_MAP_TYPE_PERCPU_ARRAY,
+	BPF_MAP_TYPE_STACK_TRACE,
+	BPF_MAP_TYPE_CGROUP_ARRAY,
+	BPF_MAP_TYPE_LRU_HASH,
+	BPF_MAP_TYPE_LRU_PERCPU_HASH,
+};
+
+/* flags for BPF_MAP_UPDATE_ELEM */
+#define BPF_ANY		0
+#define BPF_NOEXIST	1
+#define BPF_EXIST	2
+
+/* map_flags for BPF_MAP_CREATE */
+#define BPF_F_NO_PREALLOC	(1U << 0)
+
+/* bpf_l3_csum_replace / bpf_l4_csum_replace flags */
+#define BPF_F_HDR_FIELD_MASK	0xfULL
+#define BPF_F_PSEUDO_HDR	(1ULL << 4)
+#define BPF_F_MARK_MANGLED_0	(1ULL << 5)
+#define BPF_F_MARK_ENFORCE	(1ULL << 6)
+
+/* bpf_redirect flags */
+#define BPF_F_INGRESS		(1ULL << 0)
+
+struct bpf_sock {
+	__u32 bound_dev_if;
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+	__u32 mark;
+	__u32 priority;
+	__u32 src_ip4;
+	__u32 src_ip6[4];
+	__u32 src_port;		/* host byte order */
+	__be16 dst_port;	/* network byte order */
+	__u16 :16;		/* zero padding */
+	__u32 dst_ip4;
+	__u32 dst_ip6[4];
+	__u32 state;
+	__s32 rx_queue_mapping;
+};
+
+struct __sk_buff {
+	__u32 len;
+	__u32 pkt_type;
+	__u32 mark;
+	__u32 queue_mapping;
+	__u32 protocol;
+	__u32 vlan_present;
+	__u32 vlan_tci;
+	__u32 vlan_proto;
+	__u32 priority;
+	__u32 ingress_ifindex;
+	__u32 ifindex;
+	__u32 tc_index;
+	__u32 cb[5];
+	__u32 hash;
+	__u32 tc_classid;
+	__u32 data;
+	__u32 data_end;
+	__u32 napi_id;
+};
+
+struct bpf_sockopt {
+	__bpf_md_ptr(struct bpf_sock *, sk);
+	__bpf_md_ptr(void *, optval);
+	__bpf_md_ptr(void *, optval_end);
+	__s32 level;
+	__s32 optname;
+	__s32 optlen;
+	__s32 retval;
+};

@@ -1,0 +1,581 @@
+//! Attaching programs: TC filters on interfaces and a bpf_link on a cgroup.
+//!
+//! Every attachment outlives the command that made it and is recorded in
+//! the pinned `attachments` map, so `load` can swap programs in place (same
+//! handle and priority, `BPF_TC_F_REPLACE`; `bpf_link_update` for cgroups)
+//! and `status`/`unload` know where things are.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
+
+use crate::bpf::{bytes_of, from_bytes, types};
+use crate::loader::Datapath;
+use crate::netns::{self, NetnsGuard};
+use crate::netif;
+use crate::pins::PinRoot;
+
+/// Handle of every filter datapathctl installs; priorities set the order.
+pub const TC_HANDLE: u32 = 0xd47a;
+
+#[derive(Clone, Copy, Debug)]
+pub struct TcSlot {
+    pub prog: &'static str,
+    pub ingress: bool,
+    pub priority: u32,
+}
+
+/// dnat on the external NIC's ingress.
+pub const DNAT_SLOTS: [TcSlot; 1] = [TcSlot { prog: "dnat", ingress: true, priority: 1 }];
+
+/// The host veth: ingress chain arp -> snat -> tproxy_ingress, and egress.
+/// Attached in this order, so the last hole closed is the first in line.
+pub const HOST_SLOTS: [TcSlot; 4] = [
+    TcSlot { prog: "tproxy_egress", ingress: false, priority: 1 },
+    TcSlot { prog: "tproxy_ingress", ingress: true, priority: 3 },
+    TcSlot { prog: "snat", ingress: true, priority: 2 },
+    TcSlot { prog: "arp", ingress: true, priority: 1 },
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dnat,
+    Host,
+    Getsockopt,
+}
+
+impl Kind {
+    fn code(self) -> u32 {
+        use types::dp_attach_kind as K;
+        match self {
+            Kind::Dnat => K::DP_ATTACH_DNAT.0,
+            Kind::Host => K::DP_ATTACH_HOST.0,
+            Kind::Getsockopt => K::DP_ATTACH_GETSOCKOPT.0,
+        }
+    }
+    fn from_code(c: u32) -> Option<Self> {
+        use types::dp_attach_kind as K;
+        match c {
+            c if c == K::DP_ATTACH_DNAT.0 => Some(Kind::Dnat),
+            c if c == K::DP_ATTACH_HOST.0 => Some(Kind::Host),
+            c if c == K::DP_ATTACH_GETSOCKOPT.0 => Some(Kind::Getsockopt),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Dnat => "dnat",
+            Kind::Host => "host",
+            Kind::Getsockopt => "getsockopt",
+        }
+    }
+    fn slots(self) -> &'static [TcSlot] {
+        match self {
+            Kind::Dnat => &DNAT_SLOTS,
+            Kind::Host => &HOST_SLOTS,
+            Kind::Getsockopt => &[],
+        }
+    }
+}
+
+const QDISC_CREATED: u32 = types::dp_attach_flag::DP_ATTACH_F_QDISC_CREATED.0;
+
+/// One attachment record.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Record {
+    pub kind: &'static str,
+    pub netns: String,
+    pub target: String,
+    pub ifindex: u32,
+    #[serde(skip)]
+    pub id: u64,
+    #[serde(skip)]
+    pub flags: u32,
+    #[serde(skip)]
+    kind_code: u32,
+}
+
+fn cstr_field(bytes: &[std::ffi::c_char]) -> String {
+    let b: Vec<u8> = bytes.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+fn set_field(dst: &mut [std::ffi::c_char], s: &str) -> Result<()> {
+    if s.len() >= dst.len() {
+        bail!("'{s}' is longer than {} bytes", dst.len() - 1);
+    }
+    for (d, b) in dst.iter_mut().zip(s.bytes()) {
+        *d = b as std::ffi::c_char;
+    }
+    Ok(())
+}
+
+/// The `attachments` map.
+pub struct Records {
+    map: MapHandle,
+}
+
+impl Records {
+    pub fn open(pins: &PinRoot) -> Result<Self> {
+        Ok(Self { map: crate::maps::open(pins, "attachments")? })
+    }
+
+    pub fn from_handle(map: MapHandle) -> Self {
+        Self { map }
+    }
+
+    fn key(kind: Kind, id: u64, ifindex: u32) -> types::attach_key {
+        types::attach_key { id, ifindex, kind: kind.code() }
+    }
+
+    pub fn get(&self, kind: Kind, id: u64, ifindex: u32) -> Result<Option<Record>> {
+        let key = Self::key(kind, id, ifindex);
+        Ok(crate::maps::lookup::<_, types::attach_value>(&self.map, &key)?
+            .map(|v| Self::record(&key, &v)))
+    }
+
+    fn record(k: &types::attach_key, v: &types::attach_value) -> Record {
+        Record {
+            kind: Kind::from_code(k.kind).map(Kind::as_str).unwrap_or("?"),
+            netns: cstr_field(&v.netns),
+            target: cstr_field(&v.target),
+            ifindex: k.ifindex,
+            id: k.id,
+            flags: v.flags,
+            kind_code: k.kind,
+        }
+    }
+
+    pub fn put(&self, kind: Kind, id: u64, ifindex: u32, netns: &str, target: &str, flags: u32) -> Result<()> {
+        let key = Self::key(kind, id, ifindex);
+        let mut v = types::attach_value::default();
+        set_field(&mut v.netns, netns)?;
+        set_field(&mut v.target, target)?;
+        v.flags = flags;
+        self.map.update(bytes_of(&key), bytes_of(&v), MapFlags::ANY).map_err(|e| {
+            if e.kind() == ErrorKind::TooBig {
+                anyhow::anyhow!("map attachments is full ({} entries)", crate::bpf::capacity::ATTACHMENTS)
+            } else {
+                anyhow::Error::new(e).context("recording the attachment")
+            }
+        })
+    }
+
+    pub fn remove(&self, r: &Record) -> Result<()> {
+        let key = types::attach_key { id: r.id, ifindex: r.ifindex, kind: r.kind_code };
+        match self.map.delete(bytes_of(&key)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context("removing an attachment record"),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        for key in self.map.keys() {
+            let k: types::attach_key = from_bytes(&key)?;
+            if let Some(v) = crate::maps::lookup::<_, types::attach_value>(&self.map, &k)? {
+                out.push(Self::record(&k, &v));
+            }
+        }
+        out.sort_by(|a, b| (a.kind, &a.netns, &a.target).cmp(&(b.kind, &b.netns, &b.target)));
+        Ok(out)
+    }
+}
+
+/// Opens a pinned object (program or link) by path.
+pub fn obj_get(path: &Path) -> Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).context("path with NUL byte")?;
+    // SAFETY: c is a valid NUL-terminated string for the call's duration.
+    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("opening {}", path.display()));
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn tc_hook(ifindex: u32, attach_point: libbpf_sys::bpf_tc_attach_point) -> libbpf_sys::bpf_tc_hook {
+    libbpf_sys::bpf_tc_hook {
+        sz: std::mem::size_of::<libbpf_sys::bpf_tc_hook>() as _,
+        ifindex: ifindex as i32,
+        attach_point,
+        ..Default::default()
+    }
+}
+
+fn slot_hook(ifindex: u32, slot: &TcSlot) -> libbpf_sys::bpf_tc_hook {
+    tc_hook(ifindex, if slot.ingress { libbpf_sys::BPF_TC_INGRESS } else { libbpf_sys::BPF_TC_EGRESS })
+}
+
+fn tc_opts(slot: &TcSlot, prog_fd: i32, flags: u32) -> libbpf_sys::bpf_tc_opts {
+    libbpf_sys::bpf_tc_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_tc_opts>() as _,
+        prog_fd,
+        flags,
+        handle: TC_HANDLE,
+        priority: slot.priority,
+        ..Default::default()
+    }
+}
+
+fn errno(rc: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(-rc)
+}
+
+/// Creates the clsact qdisc unless present; true if this call created it.
+fn create_clsact(iface: &netif::Iface) -> Result<bool> {
+    let mut hook = tc_hook(iface.index, libbpf_sys::BPF_TC_INGRESS);
+    // SAFETY: hook is a valid, sized bpf_tc_hook.
+    let rc = unsafe { libbpf_sys::bpf_tc_hook_create(&mut hook) };
+    match rc {
+        0 => Ok(true),
+        rc if -rc == nix::libc::EEXIST => Ok(false),
+        rc => Err(errno(rc)).with_context(|| format!("creating the clsact qdisc on {}", iface.name)),
+    }
+}
+
+fn destroy_clsact(ifindex: u32) -> Result<()> {
+    let mut hook = tc_hook(ifindex, libbpf_sys::BPF_TC_INGRESS | libbpf_sys::BPF_TC_EGRESS);
+    // SAFETY: hook is a valid, sized bpf_tc_hook.
+    let rc = unsafe { libbpf_sys::bpf_tc_hook_destroy(&mut hook) };
+    match rc {
+        0 => Ok(()),
+        rc if [nix::libc::ENOENT, nix::libc::EINVAL, nix::libc::ENODEV].contains(&-rc) => Ok(()),
+        rc => Err(errno(rc)).context("removing the clsact qdisc"),
+    }
+}
+
+/// Program id of the filter in a slot, if one is there.
+fn tc_query(ifindex: u32, slot: &TcSlot) -> Result<Option<u32>> {
+    let hook = slot_hook(ifindex, slot);
+    let mut opts = tc_opts(slot, 0, 0);
+    // SAFETY: hook and opts are valid, sized libbpf structs.
+    let rc = unsafe { libbpf_sys::bpf_tc_query(&hook, &mut opts) };
+    match rc {
+        0 => Ok(Some(opts.prog_id)),
+        rc if [nix::libc::ENOENT, nix::libc::EINVAL, nix::libc::ENODEV].contains(&-rc) => Ok(None),
+        rc => Err(errno(rc)).with_context(|| format!("querying TC filter {}", slot.prog)),
+    }
+}
+
+fn tc_attach(iface: &netif::Iface, slot: &TcSlot, prog_fd: i32) -> Result<()> {
+    let hook = slot_hook(iface.index, slot);
+    let mut opts = tc_opts(slot, prog_fd, libbpf_sys::BPF_TC_F_REPLACE);
+    // SAFETY: hook and opts are valid, sized libbpf structs.
+    let rc = unsafe { libbpf_sys::bpf_tc_attach(&hook, &mut opts) };
+    if rc != 0 {
+        return Err(errno(rc)).with_context(|| {
+            format!(
+                "attaching {} to {} {} (handle {:#x}, priority {})",
+                slot.prog,
+                iface.name,
+                if slot.ingress { "ingress" } else { "egress" },
+                TC_HANDLE,
+                slot.priority
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Removes the filter in a slot; false if there was none.
+fn tc_detach(ifindex: u32, slot: &TcSlot) -> Result<bool> {
+    let hook = slot_hook(ifindex, slot);
+    let opts = tc_opts(slot, 0, 0);
+    // SAFETY: hook and opts are valid, sized libbpf structs.
+    let rc = unsafe { libbpf_sys::bpf_tc_detach(&hook, &opts) };
+    match rc {
+        0 => Ok(true),
+        rc if [nix::libc::ENOENT, nix::libc::EINVAL, nix::libc::ENODEV].contains(&-rc) => Ok(false),
+        rc => Err(errno(rc)).with_context(|| format!("detaching {}", slot.prog)),
+    }
+}
+
+/// `attach dnat|host <if>`: attaches (or re-attaches, idempotently) the
+/// kind's programs. On failure, removes what this call added.
+pub fn attach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &str) -> Result<netif::Iface> {
+    pins.require_loaded()?;
+    let records = Records::open(pins)?;
+    let mut fds = Vec::new();
+    for slot in kind.slots() {
+        fds.push(obj_get(&pins.prog(slot.prog))?);
+    }
+    let _ns = NetnsGuard::enter(netns_name)?;
+    let iface = netif::resolve(ifspec)?;
+    let ns_id = netns::current_inode()?;
+    let before = records.get(kind, ns_id, iface.index)?;
+
+    let created = create_clsact(&iface)?;
+    let mut added: Vec<&TcSlot> = Vec::new();
+    let result = (|| -> Result<()> {
+        for (slot, fd) in kind.slots().iter().zip(&fds) {
+            let present = tc_query(iface.index, slot)?.is_some();
+            tc_attach(&iface, slot, fd.as_raw_fd())?;
+            if !present {
+                added.push(slot);
+            }
+        }
+        let mut flags = before.as_ref().map(|r| r.flags).unwrap_or(0);
+        if created {
+            flags |= QDISC_CREATED;
+        }
+        records.put(kind, ns_id, iface.index, netns_name.unwrap_or(""), &iface.name, flags)
+    })();
+    if let Err(e) = result {
+        for slot in added {
+            let _ = tc_detach(iface.index, slot);
+        }
+        if created {
+            let _ = destroy_clsact(iface.index);
+        }
+        return Err(e);
+    }
+    Ok(iface)
+}
+
+/// `detach dnat|host <if>`: removes the kind's filters, and the clsact
+/// qdisc if datapathctl created it and nothing else of ours uses it.
+/// Detaching what is not attached, or from an interface that is gone,
+/// succeeds.
+pub fn detach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &str) -> Result<bool> {
+    let records = if pins.is_loaded() { Some(Records::open(pins)?) } else { None };
+    let _ns = NetnsGuard::enter(netns_name)?;
+    let ns_id = netns::current_inode()?;
+    let iface = match netif::resolve(ifspec) {
+        Ok(i) => i,
+        Err(_) => {
+            // The interface is gone and its filters with it: forget it.
+            if let Some(records) = &records {
+                for r in records.list()? {
+                    if r.kind == kind.as_str() && r.id == ns_id && r.target == ifspec {
+                        records.remove(&r)?;
+                    }
+                }
+            }
+            return Ok(false);
+        }
+    };
+    detach_iface(records.as_ref(), kind, ns_id, &iface)
+}
+
+fn detach_iface(records: Option<&Records>, kind: Kind, ns_id: u64, iface: &netif::Iface) -> Result<bool> {
+    let mut any = false;
+    for slot in kind.slots() {
+        any |= tc_detach(iface.index, slot)?;
+    }
+    if let Some(records) = records {
+        if let Some(rec) = records.get(kind, ns_id, iface.index)? {
+            records.remove(&rec)?;
+            let others = records.list()?.into_iter().any(|r| r.id == ns_id && r.ifindex == iface.index);
+            if rec.flags & QDISC_CREATED != 0 && !others {
+                destroy_clsact(iface.index)?;
+            }
+        }
+    }
+    Ok(any)
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    for line in info.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        if right.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mp) = left.split_whitespace().nth(4) {
+                return Ok(PathBuf::from(mp.replace("\\040", " ")));
+            }
+        }
+    }
+    bail!("no cgroup v2 filesystem is mounted")
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+
+fn open_cgroup(path: &Path) -> Result<(File, u64)> {
+    let f = File::open(path).with_context(|| format!("cgroup {} not found", path.display()))?;
+    let st = nix::sys::statfs::fstatfs(f.as_fd()).with_context(|| format!("inspecting {}", path.display()))?;
+    if st.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC || !f.metadata()?.is_dir() {
+        bail!("{} is not a cgroup v2 directory", path.display());
+    }
+    let id = f.metadata()?.ino();
+    Ok((f, id))
+}
+
+fn link_name(cgroup_id: u64) -> String {
+    format!("getsockopt-{cgroup_id}")
+}
+
+/// `attach getsockopt [<path>]`: a bpf_link pinned under links/, so it
+/// outlives this process. Attaching again updates the link's program.
+pub fn attach_getsockopt(pins: &PinRoot, path: Option<&Path>) -> Result<PathBuf> {
+    pins.require_loaded()?;
+    let records = Records::open(pins)?;
+    let cg = match path {
+        Some(p) => p.to_path_buf(),
+        None => cgroup2_root()?,
+    };
+    let (cg_file, id) = open_cgroup(&cg)?;
+    let prog = obj_get(&pins.prog("getsockopt"))?;
+    let link_path = pins.link(&link_name(id));
+    let target = cg.to_string_lossy().into_owned();
+    if link_path.exists() {
+        let link = obj_get(&link_path)?;
+        // SAFETY: both descriptors are valid; NULL opts are allowed.
+        let rc = unsafe { libbpf_sys::bpf_link_update(link.as_raw_fd(), prog.as_raw_fd(), std::ptr::null()) };
+        if rc != 0 {
+            return Err(errno(rc)).with_context(|| format!("updating the getsockopt link on {target}"));
+        }
+        records.put(Kind::Getsockopt, id, 0, "", &target, 0)?;
+        return Ok(cg);
+    }
+    // SAFETY: valid descriptors; NULL opts are allowed.
+    let fd = unsafe {
+        libbpf_sys::bpf_link_create(
+            prog.as_raw_fd(),
+            cg_file.as_raw_fd(),
+            libbpf_sys::BPF_CGROUP_GETSOCKOPT,
+            std::ptr::null(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("attaching getsockopt to cgroup {target}"));
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    let c = CString::new(link_path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid descriptor and NUL-terminated path.
+    let rc = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
+    if rc != 0 {
+        // Dropping the only reference to the link detaches it again.
+        return Err(errno(rc)).with_context(|| format!("pinning {}", link_path.display()));
+    }
+    if let Err(e) = records.put(Kind::Getsockopt, id, 0, "", &target, 0) {
+        let _ = std::fs::remove_file(&link_path);
+        return Err(e);
+    }
+    Ok(cg)
+}
+
+/// `detach getsockopt [<path>]`: unpinning the link's last reference
+/// detaches it.
+pub fn detach_getsockopt(pins: &PinRoot, path: Option<&Path>) -> Result<bool> {
+    let cg = match path {
+        Some(p) => p.to_path_buf(),
+        None => cgroup2_root()?,
+    };
+    let (_f, id) = open_cgroup(&cg)?;
+    let link_path = pins.link(&link_name(id));
+    let existed = match std::fs::remove_file(&link_path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e).with_context(|| format!("removing {}", link_path.display())),
+    };
+    if pins.is_loaded() {
+        let records = Records::open(pins)?;
+        if let Some(r) = records.get(Kind::Getsockopt, id, 0)? {
+            records.remove(&r)?;
+        }
+    }
+    Ok(existed)
+}
+
+/// During `load`: points every recorded attachment at the new programs,
+/// in place. Records whose interface, namespace or link is gone are
+/// dropped. Returns how many attachments were updated.
+pub fn replace_all(dp: &Datapath<'_>, pins: &PinRoot) -> Result<usize> {
+    let records = Records::from_handle(MapHandle::try_from(dp.map("attachments")?)?);
+    let mut updated = 0;
+    for r in records.list()? {
+        let kind = match r.kind {
+            "dnat" => Kind::Dnat,
+            "host" => Kind::Host,
+            "getsockopt" => Kind::Getsockopt,
+            _ => continue,
+        };
+        if kind == Kind::Getsockopt {
+            let link_path = pins.link(&link_name(r.id));
+            if !link_path.exists() {
+                records.remove(&r)?;
+                continue;
+            }
+            let link = obj_get(&link_path)?;
+            let prog = dp.program("getsockopt")?;
+            // SAFETY: both descriptors are valid; NULL opts are allowed.
+            let rc = unsafe {
+                libbpf_sys::bpf_link_update(link.as_raw_fd(), prog.as_fd().as_raw_fd(), std::ptr::null())
+            };
+            if rc != 0 {
+                return Err(errno(rc)).with_context(|| format!("updating the getsockopt link on {}", r.target));
+            }
+            updated += 1;
+            continue;
+        }
+        let ns = if r.netns.is_empty() { None } else { Some(r.netns.as_str()) };
+        let _guard = match NetnsGuard::enter(ns) {
+            Ok(g) => g,
+            Err(_) => {
+                records.remove(&r)?;
+                continue;
+            }
+        };
+        let same_ns = netns::current_inode()? == r.id;
+        let same_if = netif::name_of(r.ifindex).map(|n| n == r.target).unwrap_or(false);
+        if !same_ns || !same_if {
+            records.remove(&r)?;
+            continue;
+        }
+        let iface = netif::Iface { index: r.ifindex, name: r.target.clone() };
+        let mut present = 0;
+        for slot in kind.slots() {
+            if tc_query(r.ifindex, slot)?.is_some() {
+                let prog = dp.program(slot.prog)?;
+                tc_attach(&iface, slot, prog.as_fd().as_raw_fd())?;
+                present += 1;
+            }
+        }
+        if present == 0 {
+            records.remove(&r)?;
+        } else {
+            updated += 1;
+        }
+    }
+    Ok(updated)
+}
+
+/// During `unload`: removes every recorded attachment.
+pub fn detach_all(pins: &PinRoot) -> Result<()> {
+    let records = Records::open(pins)?;
+    for r in records.list()? {
+        match r.kind {
+            "getsockopt" => {
+                let _ = std::fs::remove_file(pins.link(&link_name(r.id)));
+                records.remove(&r)?;
+            }
+            "dnat" | "host" => {
+                let kind = if r.kind == "dnat" { Kind::Dnat } else { Kind::Host };
+                let ns = if r.netns.is_empty() { None } else { Some(r.netns.as_str()) };
+                let Ok(_guard) = NetnsGuard::enter(ns) else {
+                    records.remove(&r)?;
+                    continue;
+                };
+                let same = netns::current_inode()? == r.id
+                    && netif::name_of(r.ifindex).map(|n| n == r.target).unwrap_or(false);
+                if same {
+                    let iface = netif::Iface { index: r.ifindex, name: r.target.clone() };
+                    detach_iface(Some(&records), kind, r.id, &iface)?;
+                } else {
+                    records.remove(&r)?;
+                }
+            }
+            _ => records.remove(&r)?,
+        }
+    }
+    Ok(())
+}

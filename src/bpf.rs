@@ -1,0 +1,291 @@
+//! The compiled programs: one libbpf-rs skeleton per `src/bpf/*.bpf.c`.
+//!
+//! Map keys, values and shared enums are defined once, in
+//! `src/bpf/dp_types.h` and `dp_consts.h`; Rust uses the skeleton's
+//! generated copies (every skeleton carries the same ones; `types` here is
+//! dnat's). This module makes them byte-convertible and asserts their sizes
+//! against the C `_Static_assert`s.
+
+#![allow(clippy::all, missing_docs, non_camel_case_types, non_upper_case_globals)]
+
+pub mod dnat {
+    include!(concat!(env!("OUT_DIR"), "/dnat.skel.rs"));
+}
+pub mod snat {
+    include!(concat!(env!("OUT_DIR"), "/snat.skel.rs"));
+}
+pub mod arp {
+    include!(concat!(env!("OUT_DIR"), "/arp.skel.rs"));
+}
+pub mod tproxy {
+    include!(concat!(env!("OUT_DIR"), "/tproxy.skel.rs"));
+}
+
+pub use dnat::types;
+
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::btf::{types::Enum, Btf};
+
+// SAFETY: every type below is a C struct of integers and byte arrays with
+// explicit padding (dp_types.h): any byte pattern is a valid value.
+unsafe impl plain::Plain for types::dnat_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::dnat_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::ctr_endpoint {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::snat_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::snat_config {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::proxy_config {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::veth_info {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::flow_orig {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::dp_counter {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::attach_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::attach_value {}
+
+// The C side asserts the same sizes (dp_types.h).
+const _: () = assert!(std::mem::size_of::<types::dnat_key>() == 4);
+const _: () = assert!(std::mem::size_of::<types::dnat_value>() == 16);
+const _: () = assert!(std::mem::size_of::<types::ctr_endpoint>() == 8);
+const _: () = assert!(std::mem::size_of::<types::snat_value>() == 8);
+const _: () = assert!(std::mem::size_of::<types::snat_config>() == 8);
+const _: () = assert!(std::mem::size_of::<types::proxy_config>() == 8);
+const _: () = assert!(std::mem::size_of::<types::veth_info>() == 16);
+const _: () = assert!(std::mem::size_of::<types::flow_orig>() == 12);
+const _: () = assert!(std::mem::size_of::<types::dp_counter>() == 16);
+const _: () = assert!(std::mem::size_of::<types::attach_key>() == 16);
+const _: () = assert!(std::mem::size_of::<types::attach_value>() == 328);
+
+/// IP protocol of a published port or flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Result<Self> {
+        match n {
+            6 => Ok(Proto::Tcp),
+            17 => Ok(Proto::Udp),
+            _ => bail!("unknown IP protocol {n}"),
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl std::str::FromStr for Proto {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => bail!("invalid protocol '{s}': expected tcp or udp"),
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Network byte order lives in the key constructors below and nowhere else:
+/// callers deal in host-order ports and `Ipv4Addr`.
+fn be32(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn ip_of(be: u32) -> Ipv4Addr {
+    Ipv4Addr::from(be.to_ne_bytes())
+}
+
+impl types::dnat_key {
+    pub fn new(host_port: u16, proto: Proto) -> Self {
+        Self { port: host_port.to_be(), proto: proto.number(), pad: 0 }
+    }
+    pub fn host_port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+impl types::dnat_value {
+    pub fn new(ctr_ip: Ipv4Addr, ctr_port: u16, ctr_mac: [u8; 6], veth_ifindex: u32) -> Self {
+        Self { ctr_ip: be32(ctr_ip), ctr_port: ctr_port.to_be(), ctr_mac, veth_ifindex }
+    }
+    pub fn ctr_ip(&self) -> Ipv4Addr {
+        ip_of(self.ctr_ip)
+    }
+    pub fn ctr_port(&self) -> u16 {
+        u16::from_be(self.ctr_port)
+    }
+}
+
+impl types::ctr_endpoint {
+    pub fn new(ip: Ipv4Addr, port: u16, proto: Proto) -> Self {
+        Self { ip: be32(ip), port: port.to_be(), proto: proto.number(), pad: 0 }
+    }
+    pub fn ip(&self) -> Ipv4Addr {
+        ip_of(self.ip)
+    }
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+impl types::snat_value {
+    pub fn new(host_port: u16, veth_ifindex: u32) -> Self {
+        Self { host_port: host_port.to_be(), pad: 0, veth_ifindex }
+    }
+    pub fn host_port(&self) -> u16 {
+        u16::from_be(self.host_port)
+    }
+}
+
+impl types::snat_config {
+    pub fn new(ext_ip: Ipv4Addr, ext_ifindex: u32) -> Self {
+        Self { ext_ip: be32(ext_ip), ext_ifindex }
+    }
+    pub fn ext_ip(&self) -> Ipv4Addr {
+        ip_of(self.ext_ip)
+    }
+}
+
+impl types::proxy_config {
+    pub fn new(dns: u16, http: u16, tcp: u16) -> Self {
+        Self { dns_port: dns.to_be(), http_port: http.to_be(), tcp_port: tcp.to_be(), pad: 0 }
+    }
+    pub fn ports(&self) -> (u16, u16, u16) {
+        (u16::from_be(self.dns_port), u16::from_be(self.http_port), u16::from_be(self.tcp_port))
+    }
+}
+
+impl types::veth_info {
+    pub fn new(ctr_ip: Ipv4Addr, host_ip: Ipv4Addr, host_mac: [u8; 6]) -> Self {
+        Self { ctr_ip: be32(ctr_ip), host_ip: be32(host_ip), host_mac, pad: [0; 2] }
+    }
+    pub fn ctr_ip(&self) -> Ipv4Addr {
+        ip_of(self.ctr_ip)
+    }
+    pub fn host_ip(&self) -> Ipv4Addr {
+        ip_of(self.host_ip)
+    }
+}
+
+impl types::flow_orig {
+    pub fn new(orig_ip: Ipv4Addr, orig_port: u16, proxy_ip: Ipv4Addr, proxy_port: u16) -> Self {
+        Self {
+            orig_ip: be32(orig_ip),
+            proxy_ip: be32(proxy_ip),
+            orig_port: orig_port.to_be(),
+            proxy_port: proxy_port.to_be(),
+        }
+    }
+    pub fn orig_ip(&self) -> Ipv4Addr {
+        ip_of(self.orig_ip)
+    }
+    pub fn orig_port(&self) -> u16 {
+        u16::from_be(self.orig_port)
+    }
+    pub fn proxy_ip(&self) -> Ipv4Addr {
+        ip_of(self.proxy_ip)
+    }
+    pub fn proxy_port(&self) -> u16 {
+        u16::from_be(self.proxy_port)
+    }
+}
+
+/// Views a map struct as the bytes the kernel stores.
+pub fn bytes_of<T: plain::Plain>(v: &T) -> &[u8] {
+    // SAFETY: T is Plain (no pointers, no invalid bit patterns, explicit
+    // padding that constructors zero), so its bytes are initialised.
+    unsafe { plain::as_bytes(v) }
+}
+
+/// Decodes a map struct from kernel bytes; copies, so alignment is moot.
+pub fn from_bytes<T: plain::Plain + Default>(bytes: &[u8]) -> Result<T> {
+    let mut v = T::default();
+    plain::copy_from_bytes(&mut v, bytes)
+        .map_err(|e| anyhow::anyhow!("map value of {} bytes does not decode: {e:?}", bytes.len()))?;
+    Ok(v)
+}
+
+/// The compiled dnat object; its BTF is where user space reads the shared
+/// enums' names.
+pub static DNAT_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dnat.bpf.o"));
+
+/// Names of the counters, indexed by `enum dp_stat`, read from the BTF of
+/// the compiled programs: the C enum is the only list.
+pub fn stat_names() -> Result<Vec<String>> {
+    let btf = Btf::from_raw("dnat", DNAT_OBJECT)
+        .context("reading the programs' BTF")?
+        .context("the compiled programs carry no BTF")?;
+    let e: Enum<'_> = btf.type_by_name("dp_stat").context("enum dp_stat missing from BTF")?;
+    let mut names = vec![String::new(); types::dp_stat::DP_STAT_MAX.0 as usize];
+    for m in e.iter() {
+        let name = m.name.and_then(|n| n.to_str()).context("unnamed dp_stat member")?;
+        if let Ok(i) = usize::try_from(m.value) {
+            if i < names.len() {
+                names[i] = name.to_string();
+            }
+        }
+    }
+    if let Some(i) = names.iter().position(String::is_empty) {
+        bail!("dp_stat value {i} has no name in BTF");
+    }
+    Ok(names)
+}
+
+/// Pinned program names, in the order `status` shows them.
+pub const PROG_NAMES: [&str; 6] =
+    ["dnat", "snat", "arp", "tproxy_ingress", "tproxy_egress", "getsockopt"];
+
+/// Splits a counter name `DP_STAT_<PROGRAM>_<REASON>` into program and
+/// reason, matching the longest program name.
+pub fn split_stat_name(name: &str) -> (String, String) {
+    let rest = name.trim_start_matches("DP_STAT_").to_ascii_lowercase();
+    let mut best: Option<&str> = None;
+    for p in PROG_NAMES {
+        if rest.starts_with(p) && rest.as_bytes().get(p.len()) == Some(&b'_') {
+            if best.is_none_or(|b| p.len() > b.len()) {
+                best = Some(p);
+            }
+        }
+    }
+    match best {
+        Some(p) => (p.to_string(), rest[p.len() + 1..].to_string()),
+        None => ("?".to_string(), rest),
+    }
+}
+
+/// Capacities, from the C `enum dp_capacity`.
+pub mod capacity {
+    use super::types::dp_capacity as C;
+    pub const PUBLISHED: u32 = C::DP_MAX_PUBLISHED.0;
+    pub const FLOWS: u32 = C::DP_MAX_FLOWS.0;
+    pub const VETHS: u32 = C::DP_MAX_VETHS.0;
+    pub const ATTACHMENTS: u32 = C::DP_MAX_ATTACHMENTS.0;
+}

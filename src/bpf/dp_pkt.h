@@ -1,0 +1,164 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Packet parsing and rewriting shared by the TC programs. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#ifndef offsetof
+#define offsetof(type, member) __builtin_offsetof(type, member)
+#endif
+
+enum dp_parse {
+	DP_PARSE_OK,		/* IPv4 TCP or UDP, headers complete */
+	DP_PARSE_NOT_IPV4,	/* EtherType is not IPv4 (VLAN tags included) */
+	DP_PARSE_NOT_L4,	/* IPv4, but neither TCP nor UDP */
+	DP_PARSE_FRAGMENT,	/* IPv4 fragment, first or not */
+	DP_PARSE_MALFORMED,	/* too short or inconsistent headers */
+};
+
+struct dp_l4 {
+	struct ethhdr *eth;
+	struct iphdr *ip;	/* set once 20 bytes of IPv4 header are there */
+	__be16 *ports;		/* source port, then destination port */
+	__u32 l4_off;		/* from the start of the frame */
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+};
+
+/* Parses Ethernet, IPv4 and the TCP or UDP header. Lengths come from the
+ * headers themselves (IHL, total length, TCP data offset, UDP length) and
+ * are checked against skb->len, which at TC counts the whole frame even
+ * when only its head is linear. A header that is not in the linear head is
+ * pulled in; direct access only sees data..data_end. */
+static __always_inline int dp_parse_l4(struct __sk_buff *skb, struct dp_l4 *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 ihl_len, tot_len, l4_len, need;
+	struct iphdr *ip;
+	void *l4;
+
+	p->eth = data;
+	p->ip = NULL;
+	if ((void *)(p->eth + 1) > data_end)
+		return DP_PARSE_MALFORMED;
+	if (p->eth->h_proto != bpf_htons(ETH_P_IP))
+		return DP_PARSE_NOT_IPV4;
+
+	ip = (void *)(p->eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return DP_PARSE_MALFORMED;
+	p->ip = ip;
+	ihl_len = ip->ihl * 4;
+	tot_len = bpf_ntohs(ip->tot_len);
+	if (ip->version != 4 || ihl_len < sizeof(*ip) || tot_len < ihl_len ||
+	    ETH_HLEN + tot_len > skb->len)
+		return DP_PARSE_MALFORMED;
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return DP_PARSE_FRAGMENT;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return DP_PARSE_NOT_L4;
+
+	p->proto = ip->protocol;
+	l4_len = p->proto == IPPROTO_TCP ? sizeof(struct tcphdr) :
+					   sizeof(struct udphdr);
+	if (ihl_len + l4_len > tot_len)
+		return DP_PARSE_MALFORMED;
+	need = ETH_HLEN + ihl_len + l4_len;
+	if (data + need > data_end) {
+		/* Headers beyond the linear head: pull them in, which
+		 * invalidates every packet pointer, then parse again. */
+		p->ip = NULL;
+		if (bpf_skb_pull_data(skb, need))
+			return DP_PARSE_MALFORMED;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		p->eth = data;
+		ip = (void *)(p->eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return DP_PARSE_MALFORMED;
+		p->ip = ip;
+	}
+
+	/* ihl_len is 20..60; the mask lets the verifier see that too. */
+	l4 = (void *)ip + (ihl_len & 0x3c);
+	if (l4 + sizeof(struct tcphdr) > data_end &&
+	    (p->proto == IPPROTO_TCP || l4 + sizeof(struct udphdr) > data_end))
+		return DP_PARSE_MALFORMED;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+		__u32 doff_len = tcp->doff * 4;
+
+		if (doff_len < sizeof(*tcp) || ihl_len + doff_len > tot_len)
+			return DP_PARSE_MALFORMED;
+	} else {
+		struct udphdr *udp = l4;
+		__u32 udp_len = bpf_ntohs(udp->len);
+
+		if (udp_len < sizeof(*udp) || ihl_len + udp_len > tot_len)
+			return DP_PARSE_MALFORMED;
+	}
+
+	p->ports = l4;
+	p->l4_off = ETH_HLEN + ihl_len;
+	p->sport = p->ports[0];
+	p->dport = p->ports[1];
+	return DP_PARSE_OK;
+}
+
+/* Rewrites the source or destination address and port of a parsed packet
+ * and fixes both checksums incrementally. The checksum helpers, not direct
+ * writes, carry the checksum changes: they also keep skb->csum right for
+ * CHECKSUM_COMPLETE and leave the port out for CHECKSUM_PARTIAL, where the
+ * L4 field only holds the pseudo-header sum (inet_proto_csum_replace*).
+ * BPF_F_MARK_MANGLED_0 keeps a zero (absent) UDP checksum zero. After this
+ * call every packet pointer is invalid. Returns 0, or -1 when a helper
+ * failed and the packet must be dropped. */
+static __always_inline int dp_rewrite(struct __sk_buff *skb,
+				      const struct dp_l4 *p, bool dst,
+				      __be32 new_ip, __be16 new_port)
+{
+	__u32 csum_off = p->l4_off + (p->proto == IPPROTO_TCP ?
+				      offsetof(struct tcphdr, check) :
+				      offsetof(struct udphdr, check));
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__be32 old_ip;
+	__be16 old_port;
+
+	if (dst) {
+		old_ip = p->ip->daddr;
+		old_port = p->dport;
+		p->ip->daddr = new_ip;
+		p->ports[1] = new_port;
+	} else {
+		old_ip = p->ip->saddr;
+		old_port = p->sport;
+		p->ip->saddr = new_ip;
+		p->ports[0] = new_port;
+	}
+
+	if (bpf_l4_csum_replace(skb, csum_off, old_ip, new_ip,
+				BPF_F_PSEUDO_HDR | sizeof(new_ip) | mangled))
+		return -1;
+	if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
+				sizeof(new_port) | mangled))
+		return -1;
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check),
+				old_ip, new_ip, sizeof(new_ip)))
+		return -1;
+	return 0;
+}
+
+static __always_inline void dp_copy_mac(__u8 *dst, const __u8 *src)
+{
+	__builtin_memcpy(dst, src, ETH_ALEN);
+}

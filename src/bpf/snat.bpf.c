@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: GPL-2.0
+/* snat: TC ingress of a container's host veth, after arp. A reply from a
+ * published container port gets the host's external address and published
+ * port as its source and leaves by the external NIC (bpf_redirect_neigh
+ * fills in the L2 header from the host's neighbour table). IPv4 with a
+ * source other than the container's is dropped here, first, so nothing
+ * later in the chain ever sees a spoofed packet. */
+#include "dp_maps.h"
+#include "dp_pkt.h"
+
+SEC("tc")
+int snat(struct __sk_buff *skb)
+{
+	struct snat_config *cfg;
+	struct ctr_endpoint key;
+	struct veth_info *veth;
+	struct snat_value *v;
+	__u32 ifindex = skb->ifindex;
+	__u32 zero = 0;
+	struct dp_l4 p;
+	int parsed;
+
+	parsed = dp_parse_l4(skb, &p);
+	if (!p.ip) {
+		/* Not IPv4, or IPv4 cut short: tproxy drops what it must. */
+		dp_count(DP_STAT_SNAT_HANDED_ON, skb->len);
+		return TC_ACT_UNSPEC;
+	}
+
+	veth = bpf_map_lookup_elem(&veths, &ifindex);
+	if (!veth) {
+		/* Fail closed: a veth nobody registered forwards nothing. */
+		dp_count(DP_STAT_SNAT_UNREGISTERED, skb->len);
+		return TC_ACT_SHOT;
+	}
+	if (p.ip->saddr != veth->ctr_ip) {
+		dp_count(DP_STAT_SNAT_SPOOFED, skb->len);
+		return TC_ACT_SHOT;
+	}
+	if (parsed != DP_PARSE_OK) {
+		dp_count(DP_STAT_SNAT_HANDED_ON, skb->len);
+		return TC_ACT_UNSPEC;
+	}
+
+	key.ip = p.ip->saddr;
+	key.port = p.sport;
+	key.proto = p.proto;
+	key.pad = 0;
+	v = bpf_map_lookup_elem(&snat_ports, &key);
+	if (!v || v->veth_ifindex != ifindex) {
+		dp_count(DP_STAT_SNAT_HANDED_ON, skb->len);
+		return TC_ACT_UNSPEC;
+	}
+
+	cfg = bpf_map_lookup_elem(&snat_cfg, &zero);
+	if (!cfg || !cfg->ext_ip) {
+		dp_count(DP_STAT_SNAT_NO_EXTERNAL, skb->len);
+		return TC_ACT_SHOT;
+	}
+	if (dp_rewrite(skb, &p, false, cfg->ext_ip, v->host_port)) {
+		dp_count(DP_STAT_SNAT_REWRITE_FAILED, skb->len);
+		return TC_ACT_SHOT;
+	}
+	dp_count(DP_STAT_SNAT_REDIRECT, skb->len);
+	return bpf_redirect_neigh(cfg->ext_ifindex, NULL, 0, 0);
+}
+
+char _license[] SEC("license") = "GPL";

@@ -1,0 +1,430 @@
+//! datapathctl: loads, attaches and manages the datapath's eBPF programs.
+//! This file only parses the command line, sets up logging and dispatches.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{ArgAction, Parser, Subcommand};
+use serde::Serialize;
+
+use datapath::attach::Kind;
+use datapath::bpf::Proto;
+use datapath::commands::{self, DnatAdd, LoadOptions};
+use datapath::maps::Change;
+use datapath::netif;
+use datapath::pins::{PinRoot, DEFAULT_PIN_ROOT};
+
+/// Loads, attaches and manages the datapath's eBPF programs and maps.
+#[derive(Parser, Debug)]
+#[command(name = "datapathctl", version, about)]
+struct Cli {
+    /// bpffs directory holding the pinned maps, programs and links.
+    #[arg(long, global = true, env = "DATAPATH_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
+    pin_root: PathBuf,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Named network namespace (/run/netns/NAME) for interface operations, like `ip -n`.
+    #[arg(short = 'n', long, global = true, value_name = "NAME")]
+    netns: Option<String>,
+    /// More log output on stderr (-v: info, -vv: debug, including libbpf's).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Load and pin programs and maps; on a running system, replace the programs in place.
+    Load {
+        /// Proxy port for DNS (TCP and UDP to port 53).
+        #[arg(long, value_parser = parse_port)]
+        proxy_dns_port: Option<u16>,
+        /// Proxy port for HTTP (TCP to port 80).
+        #[arg(long, value_parser = parse_port)]
+        proxy_http_port: Option<u16>,
+        /// Proxy port for every other TCP connection.
+        #[arg(long, value_parser = parse_port)]
+        proxy_tcp_port: Option<u16>,
+    },
+    /// Detach everything and remove every pin.
+    Unload,
+    /// Attach programs.
+    Attach {
+        #[command(subcommand)]
+        what: AttachCmd,
+    },
+    /// Detach programs.
+    Detach {
+        #[command(subcommand)]
+        what: AttachCmd,
+    },
+    /// Manage the maps.
+    Map {
+        #[command(subcommand)]
+        map: MapCmd,
+    },
+    /// What is loaded, where it is attached, how full each map is.
+    Status,
+    /// Packet counters per program and reason.
+    Stats,
+}
+
+#[derive(Subcommand, Debug)]
+enum AttachCmd {
+    /// dnat on the external interface's TC ingress.
+    Dnat {
+        /// External interface, by name or index.
+        iface: String,
+    },
+    /// arp, snat and tproxy on a container's host veth.
+    Host {
+        /// Host side of the container's veth pair, by name or index.
+        iface: String,
+    },
+    /// cgroup/getsockopt (SO_ORIGINAL_DST for the proxy) on a cgroup.
+    Getsockopt {
+        /// cgroup v2 directory; default: the cgroup v2 root.
+        cgroup: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MapCmd {
+    /// Published ports.
+    Dnat {
+        #[command(subcommand)]
+        op: DnatCmd,
+    },
+    /// The host's external address for replies.
+    Snat {
+        #[command(subcommand)]
+        op: SnatCmd,
+    },
+    /// Registered container veths.
+    Veth {
+        #[command(subcommand)]
+        op: VethCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DnatCmd {
+    /// Publish a container port on a host port.
+    Add {
+        /// Host port to publish (1-65535).
+        #[arg(value_parser = parse_port)]
+        host_port: u16,
+        /// Container IPv4 address.
+        #[arg(value_parser = parse_ipv4)]
+        ctr_ip: Ipv4Addr,
+        /// Host side of the container's veth, by name or index.
+        veth: String,
+        /// Container MAC address (aa:bb:cc:dd:ee:ff).
+        #[arg(value_parser = parse_mac)]
+        ctr_mac: [u8; 6],
+        /// Protocol.
+        #[arg(long, default_value = "tcp", value_parser = parse_proto)]
+        proto: Proto,
+        /// Container port (default 25565).
+        #[arg(long, value_parser = parse_port, default_value = "25565")]
+        to_port: u16,
+    },
+    /// Unpublish a host port.
+    Del {
+        /// Published host port.
+        #[arg(value_parser = parse_port)]
+        host_port: u16,
+        /// Protocol.
+        #[arg(long, default_value = "tcp", value_parser = parse_proto)]
+        proto: Proto,
+    },
+    /// Show one published port.
+    Get {
+        /// Published host port.
+        #[arg(value_parser = parse_port)]
+        host_port: u16,
+        /// Protocol.
+        #[arg(long, default_value = "tcp", value_parser = parse_proto)]
+        proto: Proto,
+    },
+    /// List the published ports.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum SnatCmd {
+    /// Set the external address and interface replies leave by.
+    Set {
+        /// External IPv4 address.
+        #[arg(value_parser = parse_ipv4)]
+        ext_ip: Ipv4Addr,
+        /// External interface, by name or index.
+        ext_if: String,
+    },
+    /// Show the external address.
+    Get,
+    /// Clear the external address (replies are then dropped).
+    Del,
+}
+
+#[derive(Subcommand, Debug)]
+enum VethCmd {
+    /// Register a container's host veth (reads its index, MAC and address).
+    Add {
+        /// Host side of the container's veth, by name or index.
+        veth: String,
+        /// The container's IPv4 address.
+        #[arg(value_parser = parse_ipv4)]
+        ctr_ip: Ipv4Addr,
+    },
+    /// Unregister a host veth.
+    Del {
+        /// Host veth, by name or index.
+        veth: String,
+    },
+    /// Show one registered veth.
+    Get {
+        /// Host veth, by name or index.
+        veth: String,
+    },
+    /// List the registered veths.
+    List,
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(format!("invalid port '{s}': expected 1-65535")),
+    }
+}
+
+fn parse_ipv4(s: &str) -> Result<Ipv4Addr, String> {
+    s.parse::<Ipv4Addr>().map_err(|_| format!("invalid IPv4 address '{s}'"))
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    netif::parse_mac(s).map_err(|e| e.to_string())
+}
+
+fn parse_proto(s: &str) -> Result<Proto, String> {
+    s.parse::<Proto>().map_err(|e| e.to_string())
+}
+
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("datapathctl: {}: {}", r.level().as_str().to_lowercase(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn setup_logging(verbose: u8) {
+    static LOGGER: StderrLogger = StderrLogger;
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    });
+    // libbpf speaks through the same logger; its warnings are only noise
+    // for users unless they asked for detail.
+    let level = if verbose >= 2 { libbpf_rs::PrintLevel::Debug } else { libbpf_rs::PrintLevel::Warn };
+    libbpf_rs::set_print(Some((level, |lvl, msg| {
+        let msg = msg.trim_end();
+        match lvl {
+            libbpf_rs::PrintLevel::Warn => log::info!("libbpf: {msg}"),
+            libbpf_rs::PrintLevel::Info => log::info!("libbpf: {msg}"),
+            libbpf_rs::PrintLevel::Debug => log::debug!("libbpf: {msg}"),
+        }
+    })));
+}
+
+fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        let t = text(value);
+        if !t.is_empty() {
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Done {
+    result: &'static str,
+}
+
+fn change(json: bool, c: Change) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(&Done { result: c.as_str() })?);
+    }
+    Ok(())
+}
+
+fn ok(json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(&Done { result: "ok" })?);
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("must run as root (needs CAP_BPF, CAP_NET_ADMIN and {})", cli.pin_root.display());
+    }
+    let pins = PinRoot::new(&cli.pin_root);
+    let ns = cli.netns.as_deref();
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Load { proxy_dns_port, proxy_http_port, proxy_tcp_port } => {
+            let r = commands::load(
+                &pins,
+                LoadOptions { dns: proxy_dns_port, http: proxy_http_port, tcp: proxy_tcp_port },
+            )?;
+            print(json, &r, |r| {
+                format!(
+                    "loaded under {} ({} maps created, {} attachments updated in place)",
+                    r.pin_root,
+                    r.maps_created.len(),
+                    r.attachments_updated
+                )
+            })
+        }
+        Cmd::Unload => commands::unload(&pins).and_then(|()| ok(json)),
+        Cmd::Attach { what } => match what {
+            AttachCmd::Dnat { iface } => commands::attach_tc(&pins, ns, Kind::Dnat, &iface),
+            AttachCmd::Host { iface } => commands::attach_tc(&pins, ns, Kind::Host, &iface),
+            AttachCmd::Getsockopt { cgroup } => commands::attach_getsockopt(&pins, cgroup.as_deref()),
+        }
+        .and_then(|()| ok(json)),
+        Cmd::Detach { what } => match what {
+            AttachCmd::Dnat { iface } => commands::detach_tc(&pins, ns, Kind::Dnat, &iface),
+            AttachCmd::Host { iface } => commands::detach_tc(&pins, ns, Kind::Host, &iface),
+            AttachCmd::Getsockopt { cgroup } => commands::detach_getsockopt(&pins, cgroup.as_deref()),
+        }
+        .and_then(|()| ok(json)),
+        Cmd::Map { map } => match map {
+            MapCmd::Dnat { op } => match op {
+                DnatCmd::Add { host_port, ctr_ip, veth, ctr_mac, proto, to_port } => {
+                    let a = DnatAdd { host_port, ctr_ip, veth, ctr_mac, proto, to_port };
+                    change(json, commands::dnat_add(&pins, ns, &a)?)
+                }
+                DnatCmd::Del { host_port, proto } => change(json, commands::dnat_del(&pins, host_port, proto)?),
+                DnatCmd::Get { host_port, proto } => {
+                    print(json, &commands::dnat_get(&pins, host_port, proto)?, |p| p.describe())
+                }
+                DnatCmd::List => print(json, &commands::dnat_list(&pins)?, |l| {
+                    l.iter().map(|p| p.describe()).collect::<Vec<_>>().join("\n")
+                }),
+            },
+            MapCmd::Snat { op } => match op {
+                SnatCmd::Set { ext_ip, ext_if } => {
+                    commands::snat_set(&pins, ns, ext_ip, &ext_if).and_then(|()| ok(json))
+                }
+                SnatCmd::Get => print(json, &commands::snat_get(&pins)?, |e| {
+                    format!("external {} ifindex {}", e.ext_ip, e.ext_ifindex)
+                }),
+                SnatCmd::Del => change(json, commands::snat_del(&pins)?),
+            },
+            MapCmd::Veth { op } => match op {
+                VethCmd::Add { veth, ctr_ip } => change(json, commands::veth_add(&pins, ns, &veth, ctr_ip)?),
+                VethCmd::Del { veth } => change(json, commands::veth_del(&pins, ns, &veth)?),
+                VethCmd::Get { veth } => print(json, &commands::veth_get(&pins, ns, &veth)?, describe_veth),
+                VethCmd::List => print(json, &commands::veth_list(&pins)?, |l| {
+                    l.iter().map(describe_veth).collect::<Vec<_>>().join("\n")
+                }),
+            },
+        },
+        Cmd::Status => print(json, &commands::status(&pins)?, describe_status),
+        Cmd::Stats => print(json, &commands::stats(&pins)?, |l| {
+            let mut s = format!("{:<16} {:<20} {:>14} {:>16}", "PROGRAM", "REASON", "PACKETS", "BYTES");
+            for c in l {
+                s.push_str(&format!("\n{:<16} {:<20} {:>14} {:>16}", c.program, c.reason, c.packets, c.bytes));
+            }
+            s
+        }),
+    }
+}
+
+fn describe_veth(v: &datapath::maps::Veth) -> String {
+    format!(
+        "ifindex {} container {} host {} mac {}",
+        v.ifindex,
+        v.ctr_ip,
+        v.host_ip,
+        netif::format_mac(&v.host_mac)
+    )
+}
+
+fn describe_status(s: &commands::Status) -> String {
+    if !s.loaded {
+        return format!("not loaded (pin root {})", s.pin_root);
+    }
+    let mut out = format!("loaded under {}\nprograms:", s.pin_root);
+    for p in &s.programs {
+        out.push_str(&format!("\n  {:<16} id {:<6} tag {}", p.name, p.id, p.tag));
+    }
+    out.push_str("\nattached:");
+    if s.attachments.is_empty() {
+        out.push_str(" nowhere");
+    }
+    for a in &s.attachments {
+        let ns = if a.netns.is_empty() { String::new() } else { format!(" (netns {})", a.netns) };
+        out.push_str(&format!("\n  {:<10} {}{}", a.kind, a.target, ns));
+    }
+    out.push_str("\nmaps:");
+    for m in &s.maps {
+        out.push_str(&format!("\n  {:<12} {:>6} / {}", m.name, m.entries, m.capacity));
+    }
+    match &s.external {
+        Some(e) => out.push_str(&format!("\nexternal: {} ifindex {}", e.ext_ip, e.ext_ifindex)),
+        None => out.push_str("\nexternal: not set"),
+    }
+    if let Some(p) = &s.proxy_ports {
+        out.push_str(&format!("\nproxy ports: dns {} http {} tcp {}", p.dns, p.http, p.tcp));
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                return if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // One line: clap's first line, without its "error: " prefix.
+            let text = e.render().to_string();
+            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            eprintln!("datapathctl: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    setup_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("datapathctl: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

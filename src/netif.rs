@@ -1,0 +1,131 @@
+//! Interface facts (index, name, MAC, IPv4 address) through ioctl(2) on a
+//! socket of the current network namespace, never /sys/class/net, which
+//! shows the namespace of whoever mounted /sys.
+
+use std::ffi::CStr;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use anyhow::{bail, Context, Result};
+use nix::libc;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Iface {
+    pub index: u32,
+    pub name: String,
+}
+
+fn socket() -> Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("creating an ioctl socket");
+    }
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn ifreq_for(name: &str) -> Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
+        bail!("invalid interface name '{name}'");
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn ioctl(req: &mut libc::ifreq, op: libc::c_ulong) -> std::io::Result<()> {
+    let sock = socket().map_err(std::io::Error::other)?;
+    // SAFETY: req is a properly initialised ifreq that outlives the call;
+    // the ops used here only read the name and fill in the union.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), op as _, req as *mut libc::ifreq) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Index of an interface by name.
+pub fn index_of(name: &str) -> Result<u32> {
+    let mut req = ifreq_for(name)?;
+    ioctl(&mut req, libc::SIOCGIFINDEX).with_context(|| format!("interface '{name}' not found"))?;
+    // SAFETY: SIOCGIFINDEX filled in the ifindex member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
+}
+
+/// Name of an interface by index.
+pub fn name_of(index: u32) -> Result<String> {
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_ifru.ifru_ifindex = index as libc::c_int;
+    ioctl(&mut req, libc::SIOCGIFNAME)
+        .with_context(|| format!("no interface with index {index}"))?;
+    // SAFETY: the kernel wrote a NUL-terminated name into ifr_name.
+    let name = unsafe { CStr::from_ptr(req.ifr_name.as_ptr()) };
+    Ok(name.to_string_lossy().into_owned())
+}
+
+/// Resolves an interface given by name or by index.
+pub fn resolve(spec: &str) -> Result<Iface> {
+    if !spec.is_empty() && spec.bytes().all(|b| b.is_ascii_digit()) {
+        let index: u32 = spec.parse().with_context(|| format!("invalid interface index '{spec}'"))?;
+        if index == 0 {
+            bail!("invalid interface index 0");
+        }
+        let name = name_of(index)?;
+        return Ok(Iface { index, name });
+    }
+    Ok(Iface { index: index_of(spec)?, name: spec.to_string() })
+}
+
+/// The interface's hardware (MAC) address.
+pub fn mac_of(name: &str) -> Result<[u8; 6]> {
+    let mut req = ifreq_for(name)?;
+    ioctl(&mut req, libc::SIOCGIFHWADDR)
+        .with_context(|| format!("reading the MAC address of '{name}'"))?;
+    // SAFETY: SIOCGIFHWADDR filled in the hwaddr member of the union.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if sa.sa_family != libc::ARPHRD_ETHER {
+        bail!("interface '{name}' is not an Ethernet interface");
+    }
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(mac)
+}
+
+/// The interface's primary IPv4 address, if it has one.
+pub fn ipv4_of(name: &str) -> Result<Option<Ipv4Addr>> {
+    let mut req = ifreq_for(name)?;
+    match ioctl(&mut req, libc::SIOCGIFADDR) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading the IPv4 address of '{name}'")),
+    }
+    // SAFETY: SIOCGIFADDR filled in the addr member with a sockaddr_in.
+    let sin: libc::sockaddr_in = unsafe { std::mem::transmute_copy(&req.ifr_ifru.ifru_addr) };
+    Ok(Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))))
+}
+
+/// Formats a MAC as aa:bb:cc:dd:ee:ff.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Parses aa:bb:cc:dd:ee:ff (hex digits, either case).
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+        bail!("invalid MAC address '{s}': expected aa:bb:cc:dd:ee:ff");
+    }
+    let mut mac = [0u8; 6];
+    for (d, p) in mac.iter_mut().zip(parts) {
+        *d = u8::from_str_radix(p, 16)
+            .map_err(|_| anyhow::anyhow!("invalid MAC address '{s}': expected aa:bb:cc:dd:ee:ff"))?;
+    }
+    Ok(mac)
+}

@@ -1,0 +1,114 @@
+//! Where the datapath's kernel objects live on bpffs.
+//!
+//! `<root>/maps/<map>`, `<root>/progs/<program>`, `<root>/links/<link>`;
+//! directories 0700, pins 0600 (the bpffs default), root only.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/datapath";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+
+#[derive(Clone, Debug)]
+pub struct PinRoot {
+    root: PathBuf,
+}
+
+impl PinRoot {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn progs_dir(&self) -> PathBuf {
+        self.root.join("progs")
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    pub fn prog(&self, name: &str) -> PathBuf {
+        self.progs_dir().join(name)
+    }
+
+    pub fn link(&self, name: &str) -> PathBuf {
+        self.links_dir().join(name)
+    }
+
+    /// True once `load` has pinned the maps and programs.
+    pub fn is_loaded(&self) -> bool {
+        self.map("stats").exists() && self.prog("dnat").exists()
+    }
+
+    /// Fails with the one line a user needs when nothing is loaded.
+    pub fn require_loaded(&self) -> Result<()> {
+        if !self.is_loaded() {
+            bail!(
+                "datapath is not loaded under {} (run `datapathctl load` first)",
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the pin directories (0700) on a bpf filesystem, mounting
+    /// bpffs on /sys/fs/bpf first if the host has not (as bpftool does).
+    pub fn create_dirs(&self) -> Result<()> {
+        ensure_bpffs(&self.root)?;
+        for dir in [self.root.clone(), self.maps_dir(), self.progs_dir(), self.links_dir()] {
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+            }
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("setting mode 0700 on {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn fs_type(path: &Path) -> Option<i64> {
+    nix::sys::statfs::statfs(path).ok().map(|s| s.filesystem_type().0 as i64)
+}
+
+/// Makes sure `root` would be created on bpffs.
+fn ensure_bpffs(root: &Path) -> Result<()> {
+    let mut existing = root;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    if fs_type(existing) == Some(BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    let mount = Path::new(BPFFS_MOUNT);
+    if root.starts_with(mount) && fs_type(mount) != Some(BPF_FS_MAGIC) {
+        nix::mount::mount(
+            Some("bpf"),
+            mount,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0700"),
+        )
+        .with_context(|| format!("mounting bpffs on {BPFFS_MOUNT}"))?;
+        log::info!("mounted bpffs on {BPFFS_MOUNT}");
+        return Ok(());
+    }
+    bail!("pin root {} is not on a bpf filesystem", root.display())
+}
