@@ -289,3 +289,52 @@ pub mod capacity {
     pub const VETHS: u32 = C::DP_MAX_VETHS.0;
     pub const ATTACHMENTS: u32 = C::DP_MAX_ATTACHMENTS.0;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_names_come_from_btf_in_enum_order() {
+        let names = stat_names().unwrap();
+        assert_eq!(names.len(), types::dp_stat::DP_STAT_MAX.0 as usize);
+        assert_eq!(names[types::dp_stat::DP_STAT_DNAT_REDIRECT.0 as usize], "DP_STAT_DNAT_REDIRECT");
+        assert_eq!(
+            names[types::dp_stat::DP_STAT_TPROXY_EGRESS_RESTORED.0 as usize],
+            "DP_STAT_TPROXY_EGRESS_RESTORED"
+        );
+        for n in &names {
+            let (prog, reason) = split_stat_name(n);
+            assert!(PROG_NAMES.contains(&prog.as_str()), "{n} names no program");
+            assert!(!reason.is_empty(), "{n} has no reason");
+        }
+    }
+
+    #[test]
+    fn split_prefers_the_longest_program_name() {
+        assert_eq!(split_stat_name("DP_STAT_TPROXY_INGRESS_DNS"), ("tproxy_ingress".into(), "dns".into()));
+        assert_eq!(split_stat_name("DP_STAT_SNAT_NO_EXTERNAL"), ("snat".into(), "no_external".into()));
+    }
+
+    #[test]
+    fn keys_are_in_network_order_with_zero_padding() {
+        let k = types::dnat_key::new(30001, Proto::Udp);
+        assert_eq!(bytes_of(&k), &[0x75, 0x31, 17, 0]);
+        assert_eq!(k.host_port(), 30001);
+        let e = types::ctr_endpoint::new(Ipv4Addr::new(10, 1, 2, 3), 25565, Proto::Tcp);
+        assert_eq!(bytes_of(&e), &[10, 1, 2, 3, 0x63, 0xdd, 6, 0]);
+        assert_eq!((e.ip(), e.port()), (Ipv4Addr::new(10, 1, 2, 3), 25565));
+        let f = types::flow_orig::new(Ipv4Addr::new(192, 0, 2, 1), 443, Ipv4Addr::new(10, 0, 0, 1), 9111);
+        assert_eq!(bytes_of(&f), &[192, 0, 2, 1, 10, 0, 0, 1, 0x01, 0xbb, 0x23, 0x97]);
+        let back: types::flow_orig = from_bytes(bytes_of(&f)).unwrap();
+        assert_eq!((back.orig_ip(), back.orig_port(), back.proxy_port()), (Ipv4Addr::new(192, 0, 2, 1), 443, 9111));
+    }
+
+    #[test]
+    fn proto_parsing() {
+        assert_eq!("tcp".parse::<Proto>().unwrap(), Proto::Tcp);
+        assert!("sctp".parse::<Proto>().is_err());
+        assert_eq!(Proto::from_number(17).unwrap(), Proto::Udp);
+        assert!(Proto::from_number(1).is_err());
+    }
+}

@@ -129,3 +129,26 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
     }
     Ok(mac)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_and_format() {
+        let m = parse_mac("AA:bb:0c:dd:ee:0F").unwrap();
+        assert_eq!(m, [0xaa, 0xbb, 0x0c, 0xdd, 0xee, 0x0f]);
+        assert_eq!(format_mac(&m), "aa:bb:0c:dd:ee:0f");
+        for bad in ["aa:bb:cc:dd:ee", "aa:bb:cc:dd:ee:gg", "aabbccddeeff", "aa:bb:cc:dd:ee:ff:00", "a:bb:cc:dd:ee:ff", ""] {
+            assert!(parse_mac(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(ifreq_for("").is_err());
+        assert!(ifreq_for("a-name-longer-than-15").is_err());
+        assert!(ifreq_for("../x").is_err());
+        assert!(ifreq_for("eth0").is_ok());
+    }
+}

@@ -1,0 +1,156 @@
+//! `datapathctl` itself, on real interfaces in a scratch network namespace:
+//! load, attach, map commands with --json, stats, status, detach, unload,
+//! and that unload leaves no pin, no filter and no qdisc of ours behind.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+struct Ctl {
+    root: String,
+}
+
+impl Ctl {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_datapathctl"))
+            .args(args)
+            .env("DATAPATH_PIN_ROOT", &self.root)
+            .output()
+            .expect("running datapathctl")
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "datapathctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    #[track_caller]
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("datapathctl {}: not JSON ({e}): {out}", args.join(" ")))
+    }
+}
+
+/// Unloads (through the binary) even if the test fails.
+struct Unload<'a>(&'a Ctl);
+
+impl Drop for Unload<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["unload"]);
+        let _ = std::fs::remove_dir_all(&self.0.root);
+    }
+}
+
+fn tc_show(ns: &TestNs, what: &str) -> String {
+    let o = Command::new("ip").args(["netns", "exec", &ns.name, "tc"]).args(what.split(' ')).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn command_line_on_real_interfaces() {
+    if !privileged("command_line_on_real_interfaces") {
+        return;
+    }
+    let ctl = Ctl { root: format!("/sys/fs/bpf/{}", unique("dpt")) };
+    let _unload = Unload(&ctl);
+    let ns = TestNs::new();
+    ns.ip("link add dpext type veth peer name dpextp");
+    ns.ip("link add dpv0 type veth peer name dpc0");
+    ns.ip("addr add 10.0.0.1/32 dev dpv0");
+    ns.ip("addr add 198.51.100.1/24 dev dpext");
+    for i in ["dpext", "dpv0", "dpc0", "dpextp"] {
+        ns.ip(&format!("link set {i} up"));
+    }
+    let n = ns.name.as_str();
+
+    let r = ctl.json(&["load"]);
+    assert_eq!(r["maps_created"].as_array().unwrap().len(), 8, "{r}");
+    ctl.ok(&["-n", n, "attach", "dnat", "dpext"]);
+    ctl.ok(&["-n", n, "attach", "dnat", "dpext"]); // attaching what is attached
+    ctl.ok(&["-n", n, "attach", "host", "dpv0"]);
+    ctl.ok(&["-n", n, "map", "snat", "set", "198.51.100.1", "dpext"]);
+    ctl.ok(&["-n", n, "map", "veth", "add", "dpv0", "10.0.0.2"]);
+    ctl.ok(&["-n", n, "map", "dnat", "add", "30001", "10.0.0.2", "dpv0", "02:00:00:00:00:02"]);
+    let (idx, _) = ns.iface("dpv0");
+    ctl.ok(&["-n", n, "map", "dnat", "add", "30002", "10.0.0.2", &idx.to_string(), "02:00:00:00:00:02", "--proto", "udp", "--to-port", "19132"]);
+
+    let ingress = tc_show(&ns, "filter show dev dpv0 ingress");
+    for (prog, pref) in [("arp", 1), ("snat", 2), ("tproxy_ingress", 3)] {
+        assert!(
+            ingress.contains(&format!("pref {pref} bpf chain 0 handle 0xd47a {prog}")),
+            "{prog} at priority {pref} on dpv0 ingress: {ingress}"
+        );
+    }
+    assert!(tc_show(&ns, "filter show dev dpv0 egress").contains("tproxy_egress"));
+    assert!(tc_show(&ns, "filter show dev dpext ingress").contains("dnat"));
+
+    let list = ctl.json(&["map", "dnat", "list"]);
+    let want = serde_json::json!([
+        {"host_port": 30001, "proto": "tcp", "ctr_ip": "10.0.0.2", "ctr_port": 25565, "ctr_mac": "02:00:00:00:00:02", "veth_ifindex": idx},
+        {"host_port": 30002, "proto": "udp", "ctr_ip": "10.0.0.2", "ctr_port": 19132, "ctr_mac": "02:00:00:00:00:02", "veth_ifindex": idx},
+    ]);
+    assert_eq!(list, want);
+    assert_eq!(ctl.json(&["map", "dnat", "get", "30002", "--proto", "udp"]), want[1]);
+    assert_eq!(ctl.json(&["-n", n, "map", "veth", "get", "dpv0"])["host_ip"], "10.0.0.1");
+    assert_eq!(ctl.json(&["map", "snat", "get"])["ext_ip"], "198.51.100.1");
+
+    let stats = ctl.json(&["stats"]);
+    let rows = stats.as_array().unwrap();
+    assert!(rows.len() >= 30, "one row per program and reason: {stats}");
+    assert!(rows.iter().any(|r| r["program"] == "dnat" && r["reason"] == "redirect"));
+    assert!(rows.iter().all(|r| r["packets"].is_u64() && r["bytes"].is_u64()));
+
+    let st = ctl.json(&["status"]);
+    assert_eq!(st["loaded"], true);
+    assert_eq!(st["programs"].as_array().unwrap().len(), 6);
+    let att = st["attachments"].as_array().unwrap();
+    assert_eq!(att.len(), 2, "{st}");
+    let dnat_ports = st["maps"].as_array().unwrap().iter().find(|m| m["name"] == "dnat_ports").unwrap();
+    assert_eq!((dnat_ports["entries"].as_u64(), dnat_ports["capacity"].as_u64()), (Some(2), Some(65536)));
+    assert!(ctl.ok(&["status"]).contains("attached:"));
+
+    // Reload in place: same handle and priority, entries kept.
+    ctl.ok(&["load"]);
+    assert!(tc_show(&ns, "filter show dev dpv0 ingress").contains("handle 0xd47a arp"));
+    assert_eq!(ctl.json(&["map", "dnat", "list"]), want);
+
+    ctl.ok(&["map", "dnat", "del", "30002", "--proto", "udp"]);
+    ctl.ok(&["map", "dnat", "del", "30002", "--proto", "udp"]); // deleting what is gone
+    ctl.ok(&["-n", n, "detach", "host", "dpv0"]);
+    ctl.ok(&["-n", n, "detach", "host", "dpv0"]);
+    assert!(!tc_show(&ns, "qdisc show dev dpv0").contains("clsact"), "clsact created by attach is removed");
+
+    ctl.ok(&["unload"]);
+    assert!(!std::path::Path::new(&ctl.root).exists(), "unload removes the pin root");
+    assert!(!tc_show(&ns, "qdisc show dev dpext").contains("clsact"), "unload removes our clsact qdisc");
+    assert!(!tc_show(&ns, "filter show dev dpext ingress").contains("dnat"));
+    ctl.ok(&["unload"]); // unloading what is not loaded
+}
+
+#[test]
+fn a_foreign_clsact_qdisc_is_left_in_place() {
+    if !privileged("a_foreign_clsact_qdisc_is_left_in_place") {
+        return;
+    }
+    let ctl = Ctl { root: format!("/sys/fs/bpf/{}", unique("dpt")) };
+    let _unload = Unload(&ctl);
+    let ns = TestNs::new();
+    ns.ip("link add dpext type veth peer name dpextp");
+    sh(&format!("ip netns exec {} tc qdisc add dev dpext clsact", ns.name));
+    ctl.ok(&["load"]);
+    ctl.ok(&["-n", &ns.name, "attach", "dnat", "dpext"]);
+    ctl.ok(&["-n", &ns.name, "detach", "dnat", "dpext"]);
+    assert!(tc_show(&ns, "qdisc show dev dpext").contains("clsact"), "a qdisc we did not create stays");
+    assert!(!tc_show(&ns, "filter show dev dpext ingress").contains("dnat"));
+}
