@@ -144,6 +144,36 @@ pub fn dnat_add(pins: &PinRoot, netns: Option<&str>, a: &DnatAdd) -> Result<Chan
     maps.add(&p)
 }
 
+/// `map dnat add --from-file`: every line of `lines` (numbered from 1 as
+/// in the file) is added, or none is.
+pub fn dnat_add_batch(pins: &PinRoot, netns: Option<&str>, lines: &[(usize, DnatAdd)]) -> Result<usize> {
+    let maps = DnatMaps::open(pins)?;
+    let mut ifaces = std::collections::HashMap::new();
+    let mut ps = Vec::with_capacity(lines.len());
+    {
+        let _ns = NetnsGuard::enter(netns)?;
+        for (line, a) in lines {
+            let index = match ifaces.get(&a.veth) {
+                Some(&i) => i,
+                None => {
+                    let i = netif::resolve(&a.veth).with_context(|| format!("line {line}"))?.index;
+                    ifaces.insert(a.veth.clone(), i);
+                    i
+                }
+            };
+            ps.push(Published {
+                host_port: a.host_port,
+                proto: a.proto,
+                ctr_ip: a.ctr_ip,
+                ctr_port: a.to_port,
+                ctr_mac: a.ctr_mac,
+                veth_ifindex: index,
+            });
+        }
+    }
+    maps.add_all(&ps).map_err(|(i, e)| e.context(format!("line {}", lines[i].0)))
+}
+
 pub fn dnat_del(pins: &PinRoot, port: u16, proto: Proto) -> Result<Change> {
     DnatMaps::open(pins)?.del(port, proto)
 }

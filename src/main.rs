@@ -116,22 +116,28 @@ enum DnatCmd {
     /// Publish a container port on a host port.
     Add {
         /// Host port to publish (1-65535).
-        #[arg(value_parser = parse_port)]
-        host_port: u16,
+        #[arg(value_parser = parse_port, required_unless_present = "from_file")]
+        host_port: Option<u16>,
         /// Container IPv4 address.
-        #[arg(value_parser = parse_ipv4)]
-        ctr_ip: Ipv4Addr,
+        #[arg(value_parser = parse_ipv4, required_unless_present = "from_file")]
+        ctr_ip: Option<Ipv4Addr>,
         /// Host side of the container's veth, by name or index.
-        veth: String,
+        #[arg(required_unless_present = "from_file")]
+        veth: Option<String>,
         /// Container MAC address (aa:bb:cc:dd:ee:ff).
-        #[arg(value_parser = parse_mac)]
-        ctr_mac: [u8; 6],
+        #[arg(value_parser = parse_mac, required_unless_present = "from_file")]
+        ctr_mac: Option<[u8; 6]>,
         /// Protocol.
         #[arg(long, default_value = "tcp", value_parser = parse_proto)]
         proto: Proto,
         /// Container port (default 25565).
         #[arg(long, value_parser = parse_port, default_value = "25565")]
         to_port: u16,
+        /// Add the mappings in FILE ('-': standard input), one per line as
+        /// HOST-PORT CTR-IP VETH CTR-MAC [--proto P] [--to-port N]; '#'
+        /// starts a comment. All are added, or none.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["host_port", "ctr_ip", "veth", "ctr_mac"])]
+        from_file: Option<PathBuf>,
     },
     /// Unpublish a host port.
     Del {
@@ -317,7 +323,20 @@ fn run(cli: Cli) -> Result<()> {
         .and_then(|()| ok(json)),
         Cmd::Map { map } => match map {
             MapCmd::Dnat { op } => match op {
-                DnatCmd::Add { host_port, ctr_ip, veth, ctr_mac, proto, to_port } => {
+                DnatCmd::Add { from_file: Some(file), .. } => {
+                    let lines = read_dnat_lines(&file)?;
+                    let added = commands::dnat_add_batch(&pins, ns, &lines)?;
+                    if json {
+                        println!("{}", serde_json::json!({ "result": "ok", "lines": lines.len(), "added": added }));
+                    }
+                    Ok(())
+                }
+                DnatCmd::Add { host_port, ctr_ip, veth, ctr_mac, proto, to_port, from_file: None } => {
+                    // clap guarantees all four when there is no --from-file.
+                    let (Some(host_port), Some(ctr_ip), Some(veth), Some(ctr_mac)) = (host_port, ctr_ip, veth, ctr_mac)
+                    else {
+                        bail!("map dnat add needs HOST-PORT CTR-IP VETH CTR-MAC or --from-file");
+                    };
                     let a = DnatAdd { host_port, ctr_ip, veth, ctr_mac, proto, to_port };
                     change(json, commands::dnat_add(&pins, ns, &a)?)
                 }
@@ -356,6 +375,58 @@ fn run(cli: Cli) -> Result<()> {
             s
         }),
     }
+}
+
+/// One line of `map dnat add --from-file`: the command's own arguments.
+#[derive(Parser, Debug)]
+#[command(no_binary_name = true)]
+struct DnatLine {
+    #[arg(value_parser = parse_port)]
+    host_port: u16,
+    #[arg(value_parser = parse_ipv4)]
+    ctr_ip: Ipv4Addr,
+    veth: String,
+    #[arg(value_parser = parse_mac)]
+    ctr_mac: [u8; 6],
+    #[arg(long, default_value = "tcp", value_parser = parse_proto)]
+    proto: Proto,
+    #[arg(long, value_parser = parse_port, default_value = "25565")]
+    to_port: u16,
+}
+
+/// Reads and parses every line first, so a bad line changes nothing.
+fn read_dnat_lines(file: &std::path::Path) -> Result<Vec<(usize, DnatAdd)>> {
+    use anyhow::Context as _;
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading mappings from standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let l = DnatLine::try_parse_from(&words).map_err(|e| {
+            let text = e.render().to_string();
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid mapping").to_string();
+            anyhow::anyhow!("line {}: {}", i + 1, first.trim_start_matches("error: "))
+        })?;
+        out.push((
+            i + 1,
+            DnatAdd {
+                host_port: l.host_port,
+                ctr_ip: l.ctr_ip,
+                veth: l.veth,
+                ctr_mac: l.ctr_mac,
+                proto: l.proto,
+                to_port: l.to_port,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 fn describe_veth(v: &datapath::maps::Veth) -> String {

@@ -93,6 +93,9 @@ impl Published {
     fn value(&self) -> types::dnat_value {
         types::dnat_value::new(self.ctr_ip, self.ctr_port, self.ctr_mac, self.veth_ifindex)
     }
+    fn reverse_key_tuple(&self) -> (Ipv4Addr, u16, Proto) {
+        (self.ctr_ip, self.ctr_port, self.proto)
+    }
     fn reverse_key(&self) -> types::ctr_endpoint {
         types::ctr_endpoint::new(self.ctr_ip, self.ctr_port, self.proto)
     }
@@ -216,6 +219,45 @@ impl DnatMaps {
             return Err(full_or(e, "dnat_ports", crate::bpf::capacity::PUBLISHED));
         }
         Ok(Change::Added)
+    }
+
+    /// Publishes many ports, all or none: conflicts inside the batch are
+    /// found before anything is written, and if one add fails the ones this
+    /// call made are deleted again. The error carries the failing index.
+    pub fn add_all(&self, ps: &[Published]) -> std::result::Result<usize, (usize, anyhow::Error)> {
+        let mut fwd: std::collections::HashMap<(u16, Proto), usize> = std::collections::HashMap::new();
+        let mut rev: std::collections::HashMap<(Ipv4Addr, u16, Proto), usize> = std::collections::HashMap::new();
+        for (i, p) in ps.iter().enumerate() {
+            if let Some(&j) = fwd.get(&(p.host_port, p.proto)) {
+                if ps[j] != *p {
+                    return Err((i, anyhow!("host port {}/{} is also published by entry {}", p.host_port, p.proto, j + 1)));
+                }
+            }
+            if let Some(&j) = rev.get(&p.reverse_key_tuple()) {
+                if ps[j].host_port != p.host_port {
+                    return Err((
+                        i,
+                        anyhow!("{}:{}/{} is also published by entry {}", p.ctr_ip, p.ctr_port, p.proto, j + 1),
+                    ));
+                }
+            }
+            fwd.insert((p.host_port, p.proto), i);
+            rev.insert(p.reverse_key_tuple(), i);
+        }
+        let mut added = Vec::new();
+        for (i, p) in ps.iter().enumerate() {
+            match self.add(p) {
+                Ok(Change::Added) => added.push(i),
+                Ok(_) => {}
+                Err(e) => {
+                    for &j in added.iter().rev() {
+                        let _ = self.del(ps[j].host_port, ps[j].proto);
+                    }
+                    return Err((i, e));
+                }
+            }
+        }
+        Ok(added.len())
     }
 
     fn ensure_reverse(&self, p: &Published) -> Result<()> {
