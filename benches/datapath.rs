@@ -1,0 +1,618 @@
+//! Benchmarks, run by `scripts/bench` (cargo bench --bench datapath):
+//!
+//! 1. ns/packet of every program path through BPF_PROG_TEST_RUN on
+//!    fixed-point fixtures, with 1 entry and with 65,536 entries per map;
+//! 2. end to end in network namespaces: TCP request/response rate over one
+//!    connection, new connections per second and iperf3 throughput, player
+//!    -> published port -> container, for this datapath, iptables DNAT +
+//!    MASQUERADE, and a direct veth (the floor);
+//! 3. control plane: whole-process time of `datapathctl` commands.
+//!
+//! `--short` runs everything briefly (CI keeps it working); `--write`
+//! replaces the generated part of BENCHMARKS.md. Sections can be chosen
+//! with `--only prog|e2e|ctl`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::packet::{arp, Pkt};
+use common::*;
+use datapath::bpf::{bytes_of, types, Proto};
+use datapath::commands::{self, DnatAdd, LoadOptions};
+use datapath::netns::NetnsGuard;
+use libbpf_rs::{MapCore, MapFlags};
+
+const CTR0: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x02];
+const PEER: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x09];
+
+struct Opts {
+    short: bool,
+    write: bool,
+    only: Option<String>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let opts = Opts {
+        short: args.iter().any(|a| a == "--short"),
+        write: args.iter().any(|a| a == "--write"),
+        only: args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1).cloned()),
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("bench: needs root (BPF, network namespaces)");
+        std::process::exit(1);
+    }
+    let want = |s: &str| opts.only.as_deref().is_none_or(|o| o == s);
+    let mut md = String::new();
+    md.push_str(&machine_line());
+    if want("prog") {
+        md.push_str(&prog_bench(&opts));
+    }
+    if want("e2e") {
+        md.push_str(&e2e_bench(&opts));
+    }
+    if want("ctl") {
+        md.push_str(&ctl_bench(&opts));
+    }
+    println!("\n{md}");
+    if opts.write {
+        write_benchmarks_md(&md);
+    }
+}
+
+fn machine_line() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    format!("Machine: {cpu}, {cores} cores, Linux {}, measured {date}.\n\n", kernel.trim())
+}
+
+fn write_benchmarks_md(generated: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let (begin, end) = ("<!-- bench:begin -->", "<!-- bench:end -->");
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(b), Some(e)) if b < e => format!("{}{begin}\n{generated}{}", &old[..b], &old[e..]),
+        _ => format!("# Benchmarks\n\n{begin}\n{generated}{end}\n"),
+    };
+    std::fs::write(path, new).expect("writing BENCHMARKS.md");
+    eprintln!("bench: wrote {path}");
+}
+
+// ---------------------------------------------------------------------
+// 1. Per packet
+
+struct ProgEnv {
+    root: TestRoot,
+    ns: TestNs,
+    v0: (u32, [u8; 6]),
+}
+
+fn prog_env() -> ProgEnv {
+    // Proxy ports 53 and 80 make the DNS and HTTP redirects fixed points:
+    // the rewritten packet takes the same path on every repeat.
+    let root = TestRoot::loaded();
+    commands::load(&root.pins, LoadOptions { dns: Some(53), http: Some(80), tcp: Some(9111) }).unwrap();
+    let ns = TestNs::new();
+    ns.ip("link add dpv0 type veth peer name dpc0");
+    ns.ip("addr add 10.0.0.1/32 dev dpv0");
+    ns.ip("link add dpext type veth peer name dpextp");
+    let n = Some(ns.name.as_str());
+    commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
+    // snat's fixed point: the external address is the container's and the
+    // host port its port, so the rewrite writes what is already there.
+    commands::snat_set(&root.pins, n, ip("10.0.0.2"), "dpext").unwrap();
+    let a = DnatAdd { host_port: 25565, ctr_ip: ip("10.0.0.2"), veth: "dpv0".into(), ctr_mac: CTR0, proto: Proto::Tcp, to_port: 25565 };
+    commands::dnat_add(&root.pins, n, &a).unwrap();
+    let v0 = ns.iface("dpv0");
+    ProgEnv { root, ns, v0 }
+}
+
+/// Fills dnat_ports, snat_ports, veths and proxy_flows up to `n` entries.
+fn fill(env: &ProgEnv, n: u32) {
+    let dnat = datapath::maps::open(&env.root.pins, "dnat_ports").unwrap();
+    let snat = datapath::maps::open(&env.root.pins, "snat_ports").unwrap();
+    let veths = datapath::maps::open(&env.root.pins, "veths").unwrap();
+    let flows = datapath::maps::open(&env.root.pins, "proxy_flows").unwrap();
+    let have = datapath::maps::count(&dnat) as u32;
+    for i in 0..n.saturating_sub(have) {
+        let port = (i % 65000 + 1) as u16;
+        let proto = if i < 65000 { Proto::Udp } else { Proto::Tcp };
+        let port = if proto == Proto::Tcp { port + 100 } else { port };
+        let ctr = Ipv4Addr::from(0x0a10_0000 + i);
+        let k = types::dnat_key::new(port, proto);
+        let v = types::dnat_value::new(ctr, 25565, CTR0, 999);
+        dnat.update(bytes_of(&k), bytes_of(&v), MapFlags::NO_EXIST).unwrap();
+        let rk = types::ctr_endpoint::new(ctr, 25565, proto);
+        let rv = types::snat_value::new(port, 999);
+        snat.update(bytes_of(&rk), bytes_of(&rv), MapFlags::NO_EXIST).unwrap();
+    }
+    for i in 0..n.saturating_sub(datapath::maps::count(&veths) as u32) {
+        let v = types::veth_info::new(Ipv4Addr::from(0x0a20_0000 + i), ip("10.255.0.1"), CTR0);
+        veths.update(bytes_of(&(1_000_000 + i)), bytes_of(&v), MapFlags::NO_EXIST).unwrap();
+    }
+    // The LRU map evicts per CPU before it is completely full; stay just
+    // under capacity so the benchmark's own flows are not pushed out.
+    let flows_target = n.saturating_sub(64);
+    for i in 0..flows_target.saturating_sub(datapath::maps::count(&flows) as u32) {
+        let k = types::ctr_endpoint::new(Ipv4Addr::from(0x0a30_0000 + i), 40000, Proto::Tcp);
+        let v = types::flow_orig::new(ip("192.0.2.1"), 443, ip("10.255.0.1"), 9111);
+        flows.update(bytes_of(&k), bytes_of(&v), MapFlags::ANY).unwrap();
+    }
+}
+
+struct Path {
+    name: &'static str,
+    prog: &'static str,
+    frame: Vec<u8>,
+    ifindex: u32,
+    verdict: i32,
+    /// Not a fixed point: measured one run per syscall instead.
+    single: bool,
+    upstream: Option<&'static str>,
+    upstream_ns: Option<f64>,
+}
+
+fn paths(env: &ProgEnv) -> Vec<Path> {
+    let (v0, vmac) = env.v0;
+    let c = ip("10.0.0.2");
+    let gw = ip("10.0.0.1");
+    let p = |name, prog, frame, ifindex, verdict, up: Option<(&'static str, f64)>| Path {
+        name,
+        prog,
+        frame,
+        ifindex,
+        verdict,
+        single: false,
+        upstream: up.map(|u| u.0),
+        upstream_ns: up.map(|u| u.1),
+    };
+    let mut v = vec![
+        p("dnat hit", "dnat", Pkt::tcp((ip("203.0.113.9"), 40000), (c, 25565)).macs(PEER, CTR0).build(), 0, TC_ACT_REDIRECT, Some(("280", 280.0))),
+        p("dnat miss", "dnat", Pkt::tcp((ip("203.0.113.9"), 40000), (ip("198.51.100.1"), 22)).macs(PEER, CTR0).build(), 0, TC_ACT_UNSPEC, Some(("parse+lookup 60", 60.0))),
+        p("snat hit", "snat", Pkt::tcp((c, 25565), (ip("203.0.113.9"), 40000)).macs(CTR0, vmac).build(), v0, TC_ACT_REDIRECT, Some(("375-460", 375.0))),
+        p("tproxy ingress dns (udp)", "tproxy_ingress", Pkt::udp((c, 5353), (gw, 53)).macs(CTR0, vmac).build(), v0, TC_ACT_OK, Some(("480-520", 480.0))),
+        p("tproxy ingress http", "tproxy_ingress", Pkt::tcp((c, 40080), (gw, 80)).macs(CTR0, vmac).build(), v0, TC_ACT_OK, Some(("480-520", 480.0))),
+        p("tproxy ingress other tcp", "tproxy_ingress", Pkt::tcp((c, 40443), (gw, 9111)).macs(CTR0, vmac).build(), v0, TC_ACT_OK, Some(("480-520", 480.0))),
+        p("tproxy egress restore", "tproxy_egress", Pkt::tcp((gw, 9111), (c, 40443)).macs(vmac, CTR0).build(), v0, TC_ACT_OK, Some(("330", 330.0))),
+    ];
+    let mut a = p("arp reply (one run per call)", "arp", arp(1, CTR0, c, [0; 6], gw, [0xff; 6]), v0, TC_ACT_REDIRECT, None);
+    a.single = true;
+    v.push(a);
+    let mut floor = p("timer floor: arp hands on IPv4 (one run per call)", "arp", Pkt::tcp((c, 1), (gw, 2)).build(), v0, TC_ACT_UNSPEC, None);
+    floor.single = true;
+    v.push(floor);
+    v
+}
+
+fn measure(env: &ProgEnv, path: &Path, opts: &Opts) -> f64 {
+    let fd = prog_fd(&env.root, path.prog);
+    let out = test_run(&fd, &path.frame, path.ifindex, 1);
+    assert_eq!(out.verdict, path.verdict, "{}: unexpected verdict {}", path.name, out.verdict);
+    if path.single {
+        let calls = if opts.short { 2_000 } else { 200_000 };
+        let mut total = 0u64;
+        for _ in 0..calls {
+            total += u64::from(test_run(&fd, &path.frame, path.ifindex, 1).duration_ns);
+        }
+        return total as f64 / calls as f64;
+    }
+    // A fixed point comes out unchanged, so every repeat runs the same path.
+    assert_eq!(out.data, path.frame, "{}: not a fixed point", path.name);
+    let (runs, repeat) = if opts.short { (3, 20_000) } else { (5, 1_000_000) };
+    test_run(&fd, &path.frame, path.ifindex, repeat / 10);
+    median((0..runs).map(|_| f64::from(test_run(&fd, &path.frame, path.ifindex, repeat).duration_ns)).collect())
+}
+
+fn prog_bench(opts: &Opts) -> String {
+    eprintln!("bench: per-packet cost (BPF_PROG_TEST_RUN)");
+    let env = prog_env();
+    let _in_ns = NetnsGuard::enter(Some(&env.ns.name)).unwrap();
+    let paths = paths(&env);
+    let one: Vec<f64> = paths.iter().map(|p| measure(&env, p, opts)).collect();
+    fill(&env, 65536);
+    let full: Vec<f64> = paths.iter().map(|p| measure(&env, p, opts)).collect();
+    let dnat = datapath::maps::open(&env.root.pins, "dnat_ports").unwrap();
+    let flows = datapath::maps::open(&env.root.pins, "proxy_flows").unwrap();
+    let (nd, nf) = (datapath::maps::count(&dnat), datapath::maps::count(&flows));
+
+    let (runs, repeat) = if opts.short { (3, 20_000) } else { (5, 1_000_000) };
+    let mut s = format!(
+        "### Per packet\n\nBPF_PROG_TEST_RUN, median of {runs} runs of {repeat} repeats on fixed-point fixtures \
+         (the rewrite leaves the packet on the same path). \"65,536 entries\": dnat_ports and snat_ports {nd}, veths 65,536, \
+         proxy_flows {nf} (LRU).\n\n\
+         | path | 1 entry (ns) | 65,536 entries (ns) | change | upstream (ns) | 1 entry vs upstream |\n|---|---:|---:|---:|---:|---:|\n"
+    );
+    for (i, p) in paths.iter().enumerate() {
+        let change = (full[i] / one[i] - 1.0) * 100.0;
+        let (up, vs) = match (p.upstream, p.upstream_ns) {
+            (Some(u), Some(n)) => (u.to_string(), format!("{:.0}%", one[i] / n * 100.0)),
+            _ => ("-".into(), "-".into()),
+        };
+        s.push_str(&format!("| {} | {:.1} | {:.1} | {:+.1}% | {} | {} |\n", p.name, one[i], full[i], change, up, vs));
+    }
+    s.push('\n');
+    eprint!("{s}");
+    s
+}
+
+// ---------------------------------------------------------------------
+// 2. End to end
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Setup {
+    Datapath,
+    Iptables,
+    Direct,
+}
+
+impl Setup {
+    fn name(self) -> &'static str {
+        match self {
+            Setup::Datapath => "datapath (eBPF)",
+            Setup::Iptables => "iptables DNAT + MASQUERADE",
+            Setup::Direct => "direct veth (floor)",
+        }
+    }
+}
+
+struct Topo {
+    player: TestNs,
+    _host: Option<TestNs>,
+    ctr: TestNs,
+    target: SocketAddr,
+    root: Option<String>,
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        if let Some(root) = &self.root {
+            let _ = Command::new(env!("CARGO_BIN_EXE_datapathctl")).arg("unload").env("DATAPATH_PIN_ROOT", root).status();
+        }
+    }
+}
+
+fn ctl(root: &str, args: &[&str]) {
+    let st = Command::new(env!("CARGO_BIN_EXE_datapathctl"))
+        .args(args)
+        .env("DATAPATH_PIN_ROOT", root)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "datapathctl {} failed", args.join(" "));
+}
+
+fn nsexec(ns: &TestNs, cmd: &str) {
+    sh(&format!("nsenter --net=/run/netns/{} {cmd}", ns.name));
+}
+
+fn topo(setup: Setup) -> Topo {
+    let player = TestNs::new();
+    let ctr = TestNs::new();
+    if setup == Setup::Direct {
+        player.ip(&format!("link add p0 type veth peer name eth0 netns {}", ctr.name));
+        player.ip("addr add 10.77.0.2/24 dev p0");
+        player.ip("link set p0 up");
+        ctr.ip("addr add 10.77.0.3/24 dev eth0");
+        ctr.ip("link set eth0 up");
+        return Topo { player, _host: None, ctr, target: "10.77.0.3:25565".parse().unwrap(), root: None };
+    }
+    let host = TestNs::new();
+    host.ip(&format!("link add ext0 type veth peer name p0 netns {}", player.name));
+    host.ip("addr add 10.98.0.1/24 dev ext0");
+    host.ip("link set ext0 up");
+    player.ip("addr add 10.98.0.2/24 dev p0");
+    player.ip("link set p0 up");
+    host.ip(&format!("link add hv0 type veth peer name eth0 netns {}", ctr.name));
+    host.ip("addr add 10.99.0.1/32 dev hv0");
+    host.ip("link set hv0 up");
+    host.ip("route add 10.99.0.2/32 dev hv0");
+    ctr.ip("addr add 10.99.0.2/32 dev eth0");
+    ctr.ip("link set eth0 up");
+    ctr.ip("route add 10.99.0.1/32 dev eth0");
+    ctr.ip("route add default via 10.99.0.1 dev eth0");
+    let mut root = None;
+    match setup {
+        Setup::Iptables => {
+            nsexec(&host, "sysctl -qw net.ipv4.ip_forward=1");
+            nsexec(&host, "iptables -t nat -A PREROUTING -i ext0 -p tcp --dport 30001 -j DNAT --to-destination 10.99.0.2:25565");
+            nsexec(&host, "iptables -t nat -A POSTROUTING -s 10.99.0.2/32 -o ext0 -j MASQUERADE");
+        }
+        Setup::Datapath => {
+            let r = format!("/sys/fs/bpf/{}", unique("dpb"));
+            let h = host.name.as_str();
+            ctl(&r, &["load"]);
+            root = Some(r.clone());
+            ctl(&r, &["-n", h, "map", "snat", "set", "10.98.0.1", "ext0"]);
+            ctl(&r, &["-n", h, "attach", "dnat", "ext0"]);
+            ctl(&r, &["-n", h, "map", "veth", "add", "hv0", "10.99.0.2"]);
+            ctl(&r, &["-n", h, "attach", "host", "hv0"]);
+            let mac = datapath::netif::format_mac(&ctr.iface("eth0").1);
+            ctl(&r, &["-n", h, "map", "dnat", "add", "30001", "10.99.0.2", "hv0", &mac]);
+        }
+        Setup::Direct => unreachable!(),
+    }
+    Topo { player, _host: Some(host), ctr, target: "10.98.0.1:30001".parse().unwrap(), root }
+}
+
+/// Runs `f` on a thread inside a network namespace.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let _g = NetnsGuard::enter(Some(&ns)).unwrap();
+        f()
+    })
+}
+
+/// Reads exactly one byte from a non-blocking socket, spinning: both ends
+/// busy-poll so the rate shows the path's cost, not the scheduler's wake-up
+/// latency (which on a 2-core VM is tens of microseconds and swamps it).
+fn spin_read1(s: &mut TcpStream, b: &mut [u8; 1], deadline: Instant) -> std::io::Result<()> {
+    loop {
+        match s.read(b) {
+            Ok(1) => return Ok(()),
+            Ok(_) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                std::hint::spin_loop();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// 1-byte request/response over one TCP connection: transactions/s.
+fn rr(t: &Topo, secs: f64) -> f64 {
+    let ready = Arc::new(Barrier::new(2));
+    let r2 = ready.clone();
+    let server = in_ns(&t.ctr.name, move || {
+        let l = TcpListener::bind("0.0.0.0:25565").unwrap();
+        r2.wait();
+        let (mut s, _) = l.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let deadline = Instant::now() + Duration::from_secs_f64(secs + 10.0);
+        while spin_read1(&mut s, &mut b, deadline).is_ok() {
+            if s.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    ready.wait();
+    let target = t.target;
+    let n = in_ns(&t.player.name, move || {
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).expect("rr connect");
+        s.set_nodelay(true).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let mut b = [7u8; 1];
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            s.write_all(&b).unwrap();
+            spin_read1(&mut s, &mut b, Instant::now() + Duration::from_secs(3)).expect("rr stalled");
+            n += 1;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    })
+    .join()
+    .unwrap();
+    server.join().unwrap();
+    n
+}
+
+/// New connection, 1-byte request and response, close: connections/s.
+fn crr(t: &Topo, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Barrier::new(2));
+    let (r2, stop2) = (ready.clone(), stop.clone());
+    let server = in_ns(&t.ctr.name, move || {
+        let l = TcpListener::bind("0.0.0.0:25565").unwrap();
+        l.set_nonblocking(true).unwrap();
+        r2.wait();
+        while !stop2.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_nodelay(true).unwrap();
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).is_ok() {
+                        let _ = s.write_all(&b);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_micros(50)),
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    });
+    ready.wait();
+    let target = t.target;
+    let rate = in_ns(&t.player.name, move || {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).expect("crr connect");
+            s.set_nodelay(true).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut b = [7u8; 1];
+            s.write_all(&b).unwrap();
+            s.read_exact(&mut b).expect("crr response");
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            n += 1;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    })
+    .join()
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    rate
+}
+
+/// iperf3 bulk TCP, player -> container: Gbit/s received.
+fn iperf(t: &Topo, secs: u32) -> f64 {
+    let mut server = Command::new("nsenter")
+        .args([&format!("--net=/run/netns/{}", t.ctr.name), "iperf3", "-s", "-1", "-p", "25565"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    // Wait until the server listens (LISTEN on :25565 in its namespace).
+    let start = Instant::now();
+    let listening = |ns: String| {
+        in_ns(&ns, || {
+            ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"].iter().any(|f| {
+                std::fs::read_to_string(f)
+                    .map(|t| t.lines().any(|l| l.contains(":63DD ") && l.split_whitespace().nth(3) == Some("0A")))
+                    .unwrap_or(false)
+            })
+        })
+        .join()
+        .unwrap()
+    };
+    while !listening(t.ctr.name.clone()) {
+        assert!(start.elapsed() < Duration::from_secs(5), "iperf3 server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new("nsenter")
+        .args([
+            &format!("--net=/run/netns/{}", t.player.name),
+            "iperf3",
+            "-c",
+            &t.target.ip().to_string(),
+            "-p",
+            &t.target.port().to_string(),
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ])
+        .output()
+        .expect("iperf3 client");
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or_else(|| panic!("iperf3 gave no result: {v}")) / 1e9
+}
+
+fn e2e_bench(opts: &Opts) -> String {
+    eprintln!("bench: end to end (network namespaces)");
+    let (secs, iperf_secs, runs) = if opts.short { (0.3, 1, 1) } else { (3.0, 5, 3) };
+    let mut rows = Vec::new();
+    for setup in [Setup::Datapath, Setup::Iptables, Setup::Direct] {
+        let t = topo(setup);
+        let r = median((0..runs).map(|_| rr(&t, secs)).collect());
+        let c = median((0..runs).map(|_| crr(&t, secs)).collect());
+        let g = median((0..runs).map(|_| iperf(&t, iperf_secs)).collect());
+        eprintln!("  {:<28} rr {r:>9.0}/s  crr {c:>7.0}/s  iperf3 {g:>6.2} Gbit/s", setup.name());
+        rows.push((setup, r, c, g));
+        drop(t);
+    }
+    let (d, i, f) = (&rows[0], &rows[1], &rows[2]);
+    let mut s = format!(
+        "### End to end\n\nPlayer namespace -> published port -> container namespace, built in the same run; \
+         median of {runs} run(s): request/response {secs} s each (1 byte each way, one connection, both ends busy-polling), new connections \
+         {secs} s each (connect, 1 byte each way, close), iperf3 {iperf_secs} s.\n\n\
+         | set-up | request/response (/s) | new connections (/s) | iperf3 (Gbit/s) |\n|---|---:|---:|---:|\n"
+    );
+    for (setup, r, c, g) in &rows {
+        s.push_str(&format!("| {} | {r:.0} | {c:.0} | {g:.2} |\n", setup.name()));
+    }
+    s.push_str(&format!(
+        "| datapath / iptables | {:.2}x | {:.2}x | {:.2}x |\n| datapath / direct | {:.2}x | {:.2}x | {:.2}x |\n\n",
+        d.1 / i.1,
+        d.2 / i.2,
+        d.3 / i.3,
+        d.1 / f.1,
+        d.2 / f.2,
+        d.3 / f.3
+    ));
+    eprint!("{s}");
+    s
+}
+
+// ---------------------------------------------------------------------
+// 3. Control plane
+
+fn time_cmd(root: &str, args: &[&str], stdin: Option<&str>) -> f64 {
+    let start = Instant::now();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_datapathctl"));
+    c.args(args).env("DATAPATH_PIN_ROOT", root).stdout(Stdio::null());
+    let ok = if let Some(input) = stdin {
+        let mut child = c.stdin(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait().unwrap().success()
+    } else {
+        c.status().unwrap().success()
+    };
+    assert!(ok, "datapathctl {} failed", args.join(" "));
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+fn ctl_bench(opts: &Opts) -> String {
+    eprintln!("bench: control plane (whole datapathctl processes)");
+    let ns = TestNs::new();
+    ns.ip("link add hv0 type veth peer name eth0");
+    ns.ip("addr add 10.99.0.1/32 dev hv0");
+    let n = ns.name.clone();
+    let (adds, loads, batches) = if opts.short { (20, 3, 1) } else { (500, 20, 5) };
+
+    let fresh = |root: &str| time_cmd(root, &["load"], None);
+    let mut first = Vec::new();
+    let mut upgrade = Vec::new();
+    let mut add = Vec::new();
+    let mut batch = Vec::new();
+    let root = format!("/sys/fs/bpf/{}", unique("dpb"));
+    first.push(fresh(&root));
+    for i in 0..adds {
+        let port = (20000 + i).to_string();
+        let ctr = format!("10.{}.{}.2", (i >> 8) & 255, i & 255);
+        add.push(time_cmd(&root, &["-n", &n, "map", "dnat", "add", &port, &ctr, "hv0", "02:00:00:00:00:02"], None));
+    }
+    for _ in 0..loads {
+        upgrade.push(time_cmd(&root, &["load"], None));
+    }
+    time_cmd(&root, &["unload"], None);
+    let lines: String = (0..10_000u32)
+        .map(|i| format!("{} 10.{}.{}.3 hv0 02:00:00:00:00:03\n", 30000 + i, (i >> 8) & 255, i & 255))
+        .collect();
+    for _ in 0..batches {
+        let r = format!("/sys/fs/bpf/{}", unique("dpb"));
+        first.push(fresh(&r));
+        batch.push(time_cmd(&r, &["-n", &n, "map", "dnat", "add", "--from-file", "-"], Some(&lines)));
+        time_cmd(&r, &["unload"], None);
+    }
+    let s = format!(
+        "### Control plane\n\nWhole `datapathctl` processes (release build), wall time, median.\n\n\
+         | what | median (ms) | runs | target |\n|---|---:|---:|---:|\n\
+         | `map dnat add` (one mapping, `-n NETNS`) | {:.2} | {adds} | ≤ 3 |\n\
+         | `map dnat add --from-file -` (10,000 mappings) | {:.1} | {batches} | ≤ 500 |\n\
+         | `load`, first (creates and pins everything) | {:.1} | {} | ≤ 300 |\n\
+         | `load` on a running system (replace in place) | {:.1} | {loads} | ≤ 300 |\n\n",
+        median(add),
+        median(batch),
+        median(first.clone()),
+        first.len(),
+        median(upgrade),
+    );
+    eprint!("{s}");
+    s
+}
