@@ -40,6 +40,7 @@ pub struct LoadReport {
 pub fn load(pins: &PinRoot, opts: LoadOptions) -> Result<LoadReport> {
     let fresh = !pins.root().exists();
     pins.create_dirs()?;
+    let _lock = pins.lock()?;
     let result = load_inner(pins, opts);
     if result.is_err() && fresh {
         // Leave no empty pin directories behind a failed first load.
@@ -85,6 +86,7 @@ pub fn unload(pins: &PinRoot) -> Result<()> {
     if !pins.root().exists() {
         return Ok(());
     }
+    let _lock = pins.lock()?;
     if pins.map("attachments").exists() {
         attach::detach_all(pins)?;
     }
@@ -101,18 +103,24 @@ pub fn unload(pins: &PinRoot) -> Result<()> {
 }
 
 pub fn attach_tc(pins: &PinRoot, netns: Option<&str>, kind: Kind, iface: &str) -> Result<()> {
+    pins.require_loaded()?;
+    let _lock = pins.lock()?;
     attach::attach_tc(pins, netns, kind, iface).map(|_| ())
 }
 
 pub fn detach_tc(pins: &PinRoot, netns: Option<&str>, kind: Kind, iface: &str) -> Result<()> {
+    let _lock = if pins.root().exists() { Some(pins.lock()?) } else { None };
     attach::detach_tc(pins, netns, kind, iface).map(|_| ())
 }
 
 pub fn attach_getsockopt(pins: &PinRoot, path: Option<&Path>) -> Result<()> {
+    pins.require_loaded()?;
+    let _lock = pins.lock()?;
     attach::attach_getsockopt(pins, path).map(|_| ())
 }
 
 pub fn detach_getsockopt(pins: &PinRoot, path: Option<&Path>) -> Result<()> {
+    let _lock = if pins.root().exists() { Some(pins.lock()?) } else { None };
     attach::detach_getsockopt(pins, path).map(|_| ())
 }
 

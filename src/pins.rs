@@ -67,6 +67,20 @@ impl PinRoot {
         Ok(())
     }
 
+    /// Takes the lock that serialises commands changing what is loaded or
+    /// attached (load, unload, attach, detach); released when the returned
+    /// file is dropped. Map entries need no lock: every write states its
+    /// intent to the kernel.
+    pub fn lock(&self) -> Result<fs::File> {
+        let f = fs::File::open(&self.root).with_context(|| format!("opening {}", self.root.display()))?;
+        // SAFETY: flock(2) on a descriptor we own; blocks until granted.
+        let rc = unsafe { nix::libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), nix::libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", self.root.display()));
+        }
+        Ok(f)
+    }
+
     /// Creates the pin directories (0700) on a bpf filesystem, mounting
     /// bpffs on /sys/fs/bpf first if the host has not (as bpftool does).
     pub fn create_dirs(&self) -> Result<()> {

@@ -12,6 +12,7 @@ enum {
 };
 
 #define AF_INET		2
+#define AF_INET6	10
 #define SOL_IP		0
 /* <linux/netfilter_ipv4.h>: what iptables' REDIRECT answers with. */
 #define SO_ORIGINAL_DST	80

@@ -140,14 +140,32 @@ int getsockopt(struct bpf_sockopt *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	struct ctr_endpoint key;
 	struct flow_orig *orig;
+	__u32 family, ip6[4];
+	__be32 ip4;
 
 	/* Anything else keeps the kernel's own answer (return 1). */
-	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST || !sk ||
-	    sk->family != AF_INET)
+	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST || !sk)
 		return 1;
 
-	/* The proxy's socket faces the container: its peer is the key. */
-	key.ip = sk->dst_ip4;
+	/* The proxy's socket faces the container: its peer is the key. A
+	 * dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d. Every field
+	 * is read up front: the verifier refuses the pointer arithmetic clang
+	 * emits when loads of different fields are merged across branches. */
+	family = sk->family;
+	ip4 = sk->dst_ip4;
+	ip6[0] = sk->dst_ip6[0];
+	ip6[1] = sk->dst_ip6[1];
+	ip6[2] = sk->dst_ip6[2];
+	ip6[3] = sk->dst_ip6[3];
+	/* Pin both loads here (libbpf's barrier_var idiom). */
+	asm volatile("" : "+r"(ip4));
+	asm volatile("" : "+r"(ip6[3]));
+	if (family == AF_INET6 && !ip6[0] && !ip6[1] &&
+	    ip6[2] == bpf_htonl(0x0000ffff))
+		ip4 = ip6[3];
+	else if (family != AF_INET)
+		return 1;
+	key.ip = ip4;
 	key.port = sk->dst_port;
 	key.proto = sk->protocol;
 	key.pad = 0;
