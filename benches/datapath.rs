@@ -426,20 +426,16 @@ fn crr(t: &Topo, secs: f64) -> f64 {
     let (r2, stop2) = (ready.clone(), stop.clone());
     let server = in_ns(&t.ctr.name, move || {
         let l = TcpListener::bind("0.0.0.0:25565").unwrap();
-        l.set_nonblocking(true).unwrap();
         r2.wait();
-        while !stop2.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false).unwrap();
-                    s.set_nodelay(true).unwrap();
-                    let mut b = [0u8; 1];
-                    if s.read_exact(&mut b).is_ok() {
-                        let _ = s.write_all(&b);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_micros(50)),
-                Err(e) => panic!("accept: {e}"),
+        loop {
+            let (mut s, _) = l.accept().expect("accept");
+            if stop2.load(Ordering::Relaxed) {
+                break;
+            }
+            s.set_nodelay(true).unwrap();
+            let mut b = [0u8; 1];
+            if s.read_exact(&mut b).is_ok() {
+                let _ = s.write_all(&b);
             }
         }
     });
@@ -464,6 +460,8 @@ fn crr(t: &Topo, secs: f64) -> f64 {
     .join()
     .unwrap();
     stop.store(true, Ordering::Relaxed);
+    // Wake the blocking accept() so the server sees the stop flag.
+    in_ns(&t.ctr.name, || drop(TcpStream::connect("127.0.0.1:25565"))).join().unwrap();
     server.join().unwrap();
     rate
 }
