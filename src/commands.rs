@@ -73,7 +73,7 @@ fn load_inner(pins: &PinRoot, opts: LoadOptions) -> Result<LoadReport> {
     let created = dp.created_maps().to_vec();
     Ok(LoadReport {
         pin_root: pins.root().display().to_string(),
-        maps_reused: 8usize.saturating_sub(created.len()),
+        maps_reused: dp.map_count() - created.len(),
         maps_created: created,
         attachments_updated: updated,
         proxy_ports: ports,

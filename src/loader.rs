@@ -81,6 +81,11 @@ impl<'obj> Datapath<'obj> {
         self.maps.get(name).with_context(|| format!("no map named {name}"))
     }
 
+    /// How many maps the objects share.
+    pub fn map_count(&self) -> usize {
+        self.maps.len()
+    }
+
     /// Maps this load created (none of them pinned yet).
     pub fn created_maps(&self) -> &[String] {
         &self.created
