@@ -1,0 +1,789 @@
+//! End-to-end topology driven through the real `datapathctl` binary.
+//!
+//! ```text
+//!  player ns                 host ns                          container ns (one per ctr)
+//!  pl<id> 10.98.0.2/24 ─── ex<id> 10.98.0.1/24   [dnat]
+//!                            h<id>c<i> 10.99.<i>.1/32 ──────── eth0 10.99.<i>.2/32
+//!                            [arp, snat, tproxy]              default via 10.99.<i>.1
+//! ```
+//!
+//! Everything a [`Topo`] creates (pin root, namespaces, interfaces, the
+//! proxy's cgroup) has a name of its own and is removed when it drops, also
+//! when the test panics. Sockets are made on short-lived threads that enter
+//! a namespace ([`within`]); a socket stays in the namespace it was made in,
+//! so the test thread then uses it from anywhere.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use datapath::netns::NetnsGuard;
+use nix::libc;
+
+use super::unique;
+
+/// The binary under test.
+pub const DATAPATHCTL: &str = env!("CARGO_BIN_EXE_datapathctl");
+
+/// The host's external address, as players see it.
+pub const EXT_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 1);
+/// The player's address.
+pub const PLAYER_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
+/// Port every container's server listens on.
+pub const CTR_PORT: u16 = 25565;
+/// The proxy's ports on the host (datapathctl's defaults).
+pub const PROXY_DNS: u16 = 9053;
+pub const PROXY_HTTP: u16 = 9080;
+pub const PROXY_TCP: u16 = 9111;
+
+/// Default timeout of every socket operation expected to succeed.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------
+// datapathctl
+
+/// `datapathctl` with a pin root of its own under /sys/fs/bpf; unloaded
+/// (and the root removed) on drop.
+pub struct Ctl {
+    pub root: PathBuf,
+}
+
+impl Ctl {
+    pub fn new() -> Self {
+        Self { root: PathBuf::from("/sys/fs/bpf").join(unique("dpe")) }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(DATAPATHCTL);
+        c.args(args).env("DATAPATH_PIN_ROOT", &self.root);
+        c
+    }
+
+    /// Runs datapathctl; Ok(stdout) on exit 0, Err(description) otherwise.
+    pub fn try_run(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.command(args).output().map_err(|e| format!("running {DATAPATHCTL}: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!(
+                "`datapathctl {}` exited with {}: {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    #[track_caller]
+    pub fn run(&self, args: &[&str]) -> String {
+        self.try_run(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs datapathctl with `--json` and parses what it printed.
+    #[track_caller]
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.run(&a);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("`datapathctl {}` printed no JSON ({e}): {out}", a.join(" ")))
+    }
+
+    /// `stats --json` as "program/reason" -> packets.
+    #[track_caller]
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        let v = self.json(&["stats"]);
+        let rows = v.as_array().unwrap_or_else(|| panic!("`stats --json` is not an array: {v}"));
+        rows.iter()
+            .map(|r| {
+                let name = format!("{}/{}", r["program"].as_str().unwrap_or("?"), r["reason"].as_str().unwrap_or("?"));
+                (name, r["packets"].as_u64().unwrap_or_else(|| panic!("counter without packets: {r}")))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Ctl {
+    fn drop(&mut self) {
+        if !self.root.exists() {
+            return;
+        }
+        if let Err(e) = self.try_run(&["unload"]) {
+            eprintln!("cleanup: {e}; removing {} by hand", self.root.display());
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Namespaces and commands
+
+#[track_caller]
+pub fn ip(args: &str) {
+    let out =
+        Command::new("ip").args(args.split_whitespace()).output().unwrap_or_else(|e| panic!("running ip {args}: {e}"));
+    assert!(
+        out.status.success(),
+        "`ip {args}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// `ip -j ...` parsed.
+#[track_caller]
+pub fn ip_json(args: &str) -> serde_json::Value {
+    let out = Command::new("ip")
+        .arg("-j")
+        .args(args.split_whitespace())
+        .output()
+        .unwrap_or_else(|e| panic!("running ip -j {args}: {e}"));
+    assert!(out.status.success(), "`ip -j {args}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return serde_json::Value::Array(Vec::new());
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("`ip -j {args}` printed no JSON ({e}): {text}"))
+}
+
+/// Runs `f` on a thread inside network namespace `ns` and returns its
+/// result; a panic in `f` is the caller's panic.
+pub fn within<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|s| {
+        let h = s.spawn(|| {
+            let _g = NetnsGuard::enter(Some(ns)).unwrap_or_else(|e| panic!("entering netns {ns}: {e:#}"));
+            f()
+        });
+        h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// Runs `f` on a new thread inside network namespace `ns`.
+pub fn spawn_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    let ns = ns.to_string();
+    thread::spawn(move || {
+        let _g = NetnsGuard::enter(Some(&ns)).unwrap_or_else(|e| panic!("entering netns {ns}: {e:#}"));
+        f()
+    })
+}
+
+/// Joins a thread, passing its panic on.
+pub fn join<T>(h: JoinHandle<T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Waits until an interface is operationally up: until the kernel's link
+/// watch has activated its qdisc, the first packets sent through it are
+/// dropped.
+#[track_caller]
+pub fn wait_up(ns: &str, dev: &str) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let v = ip_json(&format!("-n {ns} link show dev {dev}"));
+        let state = v[0]["operstate"].as_str().unwrap_or("").to_string();
+        if state == "UP" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{dev} in {ns} is still {state:?} after {IO_TIMEOUT:?}, expected UP");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One counter of /proc/net/snmp ("Icmp", "InEchos") in namespace `ns`.
+pub fn snmp(ns: &str, group: &str, field: &str) -> u64 {
+    let text = within(ns, || std::fs::read_to_string("/proc/thread-self/net/snmp").expect("reading snmp"));
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let names: Vec<&str> = lines.next().expect("snmp header").split_whitespace().collect();
+    let values: Vec<&str> = lines.next().expect("snmp values").split_whitespace().collect();
+    let i = names.iter().position(|n| *n == field).unwrap_or_else(|| panic!("no {group} {field} in snmp"));
+    values[i].parse().expect("snmp value")
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    datapath::netif::format_mac(mac)
+}
+
+// ---------------------------------------------------------------------------
+// The topology
+
+pub struct Ctr {
+    pub ns: String,
+    /// Host side of the container's veth, in the host namespace.
+    pub veth: String,
+    /// The container's address (10.99.<i>.2).
+    pub ip: Ipv4Addr,
+    /// The host veth's address (10.99.<i>.1), the container's gateway.
+    pub gw: Ipv4Addr,
+    /// MAC of the container's eth0.
+    pub mac: [u8; 6],
+    /// MAC of the host veth.
+    pub host_mac: [u8; 6],
+    /// Still wired (not removed by [`Topo::remove_container`]).
+    pub wired: bool,
+}
+
+impl Ctr {
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.ip, port))
+    }
+}
+
+pub struct Topo {
+    pub id: String,
+    pub player: String,
+    pub host: String,
+    /// External interface in the host namespace.
+    pub ext: String,
+    pub ctrs: Vec<Ctr>,
+    /// cgroup the proxy's listening sockets belong to (getsockopt attached).
+    pub cgroup: Option<PathBuf>,
+    namespaces: Vec<String>,
+    /// Host-side veths to delete on drop: (namespace, interface).
+    links: Vec<(String, String)>,
+    /// Declared last: dropped (unloaded) after the explicit cleanup in
+    /// Drop, which needs nothing of it.
+    pub ctl: Ctl,
+}
+
+impl Topo {
+    /// Loads the datapath into a fresh pin root and wires the player and
+    /// host namespaces: the host's external address, dnat on the external
+    /// interface.
+    pub fn new() -> Self {
+        let id = unique("");
+        let mut t = Topo {
+            player: format!("dpe{id}p"),
+            host: format!("dpe{id}h"),
+            ext: format!("ex{id}"),
+            id,
+            ctrs: Vec::new(),
+            cgroup: None,
+            namespaces: Vec::new(),
+            links: Vec::new(),
+            ctl: Ctl::new(),
+        };
+        t.ctl.run(&["load"]);
+        for ns in [t.player.clone(), t.host.clone()] {
+            ip(&format!("netns add {ns}"));
+            t.namespaces.push(ns.clone());
+            ip(&format!("-n {ns} link set lo up"));
+        }
+        let pl = format!("pl{}", t.id);
+        ip(&format!("-n {} link add {} type veth peer name {pl} netns {}", t.host, t.ext, t.player));
+        t.links.push((t.host.clone(), t.ext.clone()));
+        ip(&format!("-n {} addr add {EXT_IP}/24 dev {}", t.host, t.ext));
+        ip(&format!("-n {} addr add {PLAYER_IP}/24 dev {pl}", t.player));
+        ip(&format!("-n {} link set {} up", t.host, t.ext));
+        ip(&format!("-n {} link set {pl} up", t.player));
+        wait_up(&t.host, &t.ext);
+        wait_up(&t.player, &pl);
+        t.ctl.run(&["-n", &t.host, "map", "snat", "set", &EXT_IP.to_string(), &t.ext]);
+        t.ctl.run(&["-n", &t.host, "attach", "dnat", &t.ext]);
+        t
+    }
+
+    /// Adds container `i` (the next index) as a provisioning script would:
+    /// namespace, veth pair, addresses and routes, `map veth add`,
+    /// `attach host`. With `gateway` false its default route has no
+    /// gateway, so it ARPs for every destination.
+    pub fn add_container(&mut self, gateway: bool) -> usize {
+        let i = self.ctrs.len();
+        let ns = format!("dpe{}c{i}", self.id);
+        let veth = format!("h{}c{i}", self.id);
+        let ctr_ip = Ipv4Addr::new(10, 99, i as u8, 2);
+        let gw = Ipv4Addr::new(10, 99, i as u8, 1);
+        ip(&format!("netns add {ns}"));
+        self.namespaces.push(ns.clone());
+        ip(&format!("-n {ns} link set lo up"));
+        ip(&format!("-n {} link add {veth} type veth peer name eth0 netns {ns}", self.host));
+        self.links.push((self.host.clone(), veth.clone()));
+        ip(&format!("-n {ns} addr add {ctr_ip}/32 dev eth0"));
+        ip(&format!("-n {ns} link set eth0 up"));
+        ip(&format!("-n {} addr add {gw}/32 dev {veth}", self.host));
+        ip(&format!("-n {} link set {veth} up", self.host));
+        ip(&format!("-n {} route add {ctr_ip}/32 dev {veth}", self.host));
+        if gateway {
+            ip(&format!("-n {ns} route add {gw}/32 dev eth0"));
+            ip(&format!("-n {ns} route add default via {gw} dev eth0"));
+        } else {
+            ip(&format!("-n {ns} route add default dev eth0"));
+        }
+        wait_up(&ns, "eth0");
+        wait_up(&self.host, &veth);
+        let mac = within(&ns, || datapath::netif::mac_of("eth0").expect("container MAC"));
+        let host_mac = within(&self.host, || datapath::netif::mac_of(&veth).expect("host veth MAC"));
+        self.ctl.run(&["-n", &self.host, "map", "veth", "add", &veth, &ctr_ip.to_string()]);
+        self.ctl.run(&["-n", &self.host, "attach", "host", &veth]);
+        self.ctrs.push(Ctr { ns, veth, ip: ctr_ip, gw, mac, host_mac, wired: true });
+        i
+    }
+
+    /// Publishes container `i`'s port `to_port` on host port `port`.
+    pub fn publish(&self, port: u16, i: usize, proto: &str, to_port: u16) {
+        let c = &self.ctrs[i];
+        self.ctl.run(&[
+            "-n",
+            &self.host,
+            "map",
+            "dnat",
+            "add",
+            &port.to_string(),
+            &c.ip.to_string(),
+            &c.veth,
+            &format_mac(&c.mac),
+            "--proto",
+            proto,
+            "--to-port",
+            &to_port.to_string(),
+        ]);
+    }
+
+    /// Removes container `i` as a deprovisioning script would, given the
+    /// host ports it was published under: `map dnat del`, `map veth del`,
+    /// `detach host`, veth deleted.
+    pub fn remove_container(&mut self, i: usize, ports: &[(u16, &str)]) {
+        for (port, proto) in ports {
+            self.ctl.run(&["map", "dnat", "del", &port.to_string(), "--proto", proto]);
+        }
+        let (host, veth) = (self.host.clone(), self.ctrs[i].veth.clone());
+        self.ctl.run(&["-n", &host, "map", "veth", "del", &veth]);
+        self.ctl.run(&["-n", &host, "detach", "host", &veth]);
+        ip(&format!("-n {host} link del {veth}"));
+        self.links.retain(|(_, l)| *l != veth);
+        self.ctrs[i].wired = false;
+    }
+
+    /// Creates the proxy's cgroup under the cgroup v2 mount and attaches
+    /// getsockopt to it.
+    pub fn proxy_cgroup(&mut self) -> PathBuf {
+        let root = datapath::attach::cgroup2_root().expect("cgroup v2 mount");
+        let dir = root.join(format!("dpe{}", self.id));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+        self.cgroup = Some(dir.clone());
+        self.ctl.run(&["attach", "getsockopt", dir.to_str().unwrap()]);
+        dir
+    }
+
+    /// Listening sockets of the proxy on the host, made by a process in
+    /// the proxy's cgroup (see [`sockets_in_cgroup`]).
+    pub fn proxy_sockets(&self, specs: &[(Kind, u16)]) -> Vec<OwnedFd> {
+        let cg = self.cgroup.as_ref().expect("proxy_cgroup() first");
+        sockets_in_cgroup(&self.host, cg, specs)
+    }
+
+    /// The player's TCP connection to the host's external address.
+    pub fn player_connect(&self, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+        tcp_connect(&self.player, SocketAddr::from((EXT_IP, port)), timeout)
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        // Detach and unpin first, while every interface still exists.
+        if self.ctl.root.exists() {
+            if let Err(e) = self.ctl.try_run(&["unload"]) {
+                eprintln!("cleanup: {e}; removing {} by hand", self.ctl.root.display());
+                let _ = std::fs::remove_dir_all(&self.ctl.root);
+            }
+        }
+        // Deleting a veth takes its peer with it. Done before the
+        // namespaces go, because a socket a test still holds keeps its
+        // namespace, and so its interfaces, alive after `ip netns del`.
+        for (ns, link) in self.links.drain(..).rev() {
+            let _ = Command::new("ip").args(["-n", &ns, "link", "del", &link]).output();
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            let out = Command::new("ip").args(["netns", "del", &ns]).output();
+            if !matches!(out, Ok(ref o) if o.status.success()) {
+                eprintln!("cleanup: ip netns del {ns} failed: {out:?}");
+            }
+        }
+        if let Some(cg) = self.cgroup.take() {
+            // The helper process that made the proxy's sockets has exited
+            // and been reaped, so the cgroup is empty.
+            if let Err(e) = std::fs::remove_dir(&cg) {
+                eprintln!("cleanup: removing cgroup {}: {e}", cg.display());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sockets
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Tcp,
+    Udp,
+}
+
+fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+        sin_zero: [0; 8],
+    }
+}
+
+fn v4(a: SocketAddr) -> SocketAddrV4 {
+    match a {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(a) => panic!("IPv4 only, got {a}"),
+    }
+}
+
+/// Listening sockets bound to 0.0.0.0:<port> in namespace `ns`, created
+/// by a short-lived child process placed in `cgroup` first.
+///
+/// cgroup/getsockopt runs for a socket according to the cgroup the
+/// socket was created in (an accepted socket inherits its listener's), and
+/// cgroup v2 moves whole processes, not threads: the test process itself
+/// must stay where it is, as the other tests run in it. So a forked child
+/// joins the cgroup, makes the sockets and passes them back over a unix
+/// socket (SCM_RIGHTS). Between fork and _exit the child only makes
+/// system calls on buffers prepared beforehand: the parent has other
+/// threads, and any of them may hold the allocator's lock at fork time.
+pub fn sockets_in_cgroup(ns: &str, cgroup: &Path, specs: &[(Kind, u16)]) -> Vec<OwnedFd> {
+    const MAX: usize = 8;
+    assert!(specs.len() <= MAX, "at most {MAX} sockets at a time");
+    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+    let plan: Vec<(libc::c_int, libc::sockaddr_in)> = specs
+        .iter()
+        .map(|(k, port)| {
+            let ty = if *k == Kind::Tcp { libc::SOCK_STREAM } else { libc::SOCK_DGRAM };
+            (ty, sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, *port)))
+        })
+        .collect();
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    // The child's message: one byte, and the descriptors as SCM_RIGHTS.
+    let mut cmsg_buf = [0u64; 16];
+    let one = 1 as libc::c_int;
+    let child_sock = theirs.as_raw_fd();
+
+    // The child inherits the network namespace of the thread that forks.
+    let pid = within(ns, || {
+        // SAFETY: the child runs only `child_make_sockets`, which makes
+        // raw system calls on memory prepared above and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see child_make_sockets.
+            unsafe { child_make_sockets(&procs, &plan, child_sock, &mut cmsg_buf, &one) }
+        }
+        pid
+    });
+    assert!(pid > 0, "fork failed: {}", io::Error::last_os_error());
+    drop(theirs);
+
+    let mut status = 0;
+    // SAFETY: pid is our child; status is a valid out pointer.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(rc, pid, "waitpid: {}", io::Error::last_os_error());
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    assert_eq!(
+        code,
+        0,
+        "the helper making the proxy's sockets in cgroup {} failed at step {code} \
+         (1: join cgroup, 2: socket, 3: bind, 4: listen, 5: send)",
+        cgroup.display()
+    );
+    receive_fds(&ours, specs.len())
+}
+
+/// The child side of [`sockets_in_cgroup`].
+///
+/// # Safety
+/// Must only be called in a freshly forked child; never returns.
+unsafe fn child_make_sockets(
+    procs: &CString,
+    plan: &[(libc::c_int, libc::sockaddr_in)],
+    sock: RawFd,
+    cmsg_buf: &mut [u64; 16],
+    one: &libc::c_int,
+) -> ! {
+    let fail = |step: i32| -> ! { libc::_exit(step) };
+    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+        fail(1);
+    }
+    libc::close(fd);
+    let mut fds = [0 as libc::c_int; 8];
+    for (i, (ty, addr)) in plan.iter().enumerate() {
+        let s = libc::socket(libc::AF_INET, *ty, 0);
+        if s < 0 {
+            fail(2);
+        }
+        libc::setsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        if libc::bind(
+            s,
+            (addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) != 0
+        {
+            fail(3);
+        }
+        if *ty == libc::SOCK_STREAM && libc::listen(s, 128) != 0 {
+            fail(4);
+        }
+        fds[i] = s;
+    }
+    let n = plan.len();
+    let data_len = (n * std::mem::size_of::<libc::c_int>()) as libc::c_uint;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut msg: libc::msghdr = std::mem::zeroed();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+    msg.msg_controllen = libc::CMSG_SPACE(data_len) as _;
+    let cmsg = libc::CMSG_FIRSTHDR(&msg);
+    (*cmsg).cmsg_level = libc::SOL_SOCKET;
+    (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+    (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as _;
+    std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), n);
+    if libc::sendmsg(sock, &msg, 0) != 1 {
+        fail(5);
+    }
+    libc::_exit(0)
+}
+
+fn receive_fds(sock: &UnixStream, n: usize) -> Vec<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut cmsg_buf = [0u64; 16];
+    // SAFETY: msghdr is plain data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
+    // SAFETY: msg points at live buffers of the sizes given.
+    let rc = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    assert_eq!(rc, 1, "receiving the proxy's sockets: {}", io::Error::last_os_error());
+    // SAFETY: the kernel filled msg_control; the header walk stays inside it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        assert!(
+            !cmsg.is_null() && (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS,
+            "no SCM_RIGHTS message from the helper"
+        );
+        let got = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<libc::c_int>();
+        assert_eq!(got, n, "the helper passed {got} sockets, expected {n}");
+        let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+        (0..n).map(|i| OwnedFd::from_raw_fd(data.add(i).read_unaligned())).collect()
+    }
+}
+
+pub fn tcp_listen(ns: &str, port: u16) -> TcpListener {
+    within(ns, || {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap_or_else(|e| panic!("listening on {port} in {ns}: {e}"))
+    })
+}
+
+pub fn udp_bind(ns: &str, addr: SocketAddr) -> UdpSocket {
+    within(ns, || {
+        let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("binding UDP {addr} in {ns}: {e}"));
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s
+    })
+}
+
+/// TCP connection from namespace `ns`, with read and write timeouts set.
+pub fn tcp_connect(ns: &str, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    within(ns, || {
+        let s = TcpStream::connect_timeout(&to, timeout)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(s)
+    })
+}
+
+/// TCP connection from namespace `ns` out of a given local address, with
+/// read and write timeouts set.
+pub fn tcp_connect_from(ns: &str, local: SocketAddr, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let (local, to) = (sockaddr_in(v4(local)), sockaddr_in(v4(to)));
+    within(ns, move || {
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: plain socket(2); the result is checked before use.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is fresh and owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        // A blocking connect gives up after SO_SNDTIMEO.
+        let tv = libc::timeval { tv_sec: timeout.as_secs() as _, tv_usec: timeout.subsec_micros() as _ };
+        // SAFETY: valid descriptor; option values point at live locals of
+        // the sizes given.
+        unsafe {
+            if libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                4,
+            ) != 0
+                || libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                ) != 0
+                || libc::bind(fd.as_raw_fd(), (&local as *const libc::sockaddr_in).cast(), len) != 0
+                || libc::connect(fd.as_raw_fd(), (&to as *const libc::sockaddr_in).cast(), len) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let s = TcpStream::from(fd);
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(s)
+    })
+}
+
+/// Waits up to `timeout` for `fd` to become readable.
+pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let rc = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc > 0)
+}
+
+/// accept(2) with a timeout; the accepted stream gets the default I/O
+/// timeouts.
+pub fn accept(l: &TcpListener, timeout: Duration) -> io::Result<(TcpStream, SocketAddr)> {
+    if !wait_readable(l.as_raw_fd(), timeout)? {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no connection within {timeout:?}")));
+    }
+    let (s, peer) = l.accept()?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok((s, peer))
+}
+
+/// SO_ORIGINAL_DST (linux/netfilter_ipv4.h), the option a transparent
+/// proxy asks for the destination a connection was meant for.
+pub const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// getsockopt(SOL_IP, SO_ORIGINAL_DST) on an accepted socket.
+pub fn original_dst(s: &TcpStream) -> io::Result<SocketAddrV4> {
+    // SAFETY: sockaddr_in is plain data; all-zero is valid.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: valid descriptor; sin and len are live out pointers and len
+    // holds sin's size.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            (&mut sin as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::sockaddr_in>() || sin.sin_family != libc::AF_INET as libc::sa_family_t
+    {
+        return Err(io::Error::other(format!("SO_ORIGINAL_DST returned length {len}, family {}", sin.sin_family)));
+    }
+    Ok(SocketAddrV4::new(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()), u16::from_be(sin.sin_port)))
+}
+
+/// Sends `msg` and reads back exactly as many bytes.
+pub fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> io::Result<Vec<u8>> {
+    s.write_all(msg)?;
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+// ---------------------------------------------------------------------------
+// Servers
+
+/// A TCP echo server: every connection is echoed until EOF on a thread of
+/// its own; the peer address of each is reported on `peers`. Stops
+/// accepting when dropped.
+pub struct EchoServer {
+    pub peers: mpsc::Receiver<SocketAddr>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EchoServer {
+    pub fn tcp(l: TcpListener) -> Self {
+        let (tx, peers) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut s, peer)) = accept(&l, Duration::from_millis(100)) else { continue };
+                let _ = tx.send(peer);
+                thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { peers, stop }
+    }
+
+    /// A UDP echo server: each datagram goes back to its sender.
+    pub fn udp(s: UdpSocket) -> Self {
+        let (tx, peers) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((n, from)) = s.recv_from(&mut buf) else { continue };
+                let _ = s.send_to(&buf[..n], from);
+                let _ = tx.send(from);
+            }
+        });
+        Self { peers, stop }
+    }
+
+    /// The next connection's (or datagram's) peer address.
+    #[track_caller]
+    pub fn next_peer(&self, what: &str) -> SocketAddr {
+        self.peers
+            .recv_timeout(IO_TIMEOUT)
+            .unwrap_or_else(|_| panic!("{what}: the server saw no connection within {IO_TIMEOUT:?}"))
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
