@@ -59,7 +59,7 @@ const _: () = assert!(std::mem::size_of::<types::ctr_endpoint>() == 8);
 const _: () = assert!(std::mem::size_of::<types::snat_value>() == 8);
 const _: () = assert!(std::mem::size_of::<types::snat_config>() == 8);
 const _: () = assert!(std::mem::size_of::<types::proxy_config>() == 8);
-const _: () = assert!(std::mem::size_of::<types::veth_info>() == 16);
+const _: () = assert!(std::mem::size_of::<types::veth_info>() == 32);
 const _: () = assert!(std::mem::size_of::<types::flow_orig>() == 12);
 const _: () = assert!(std::mem::size_of::<types::dp_counter>() == 16);
 const _: () = assert!(std::mem::size_of::<types::attach_key>() == 16);
@@ -185,7 +185,19 @@ impl types::proxy_config {
 
 impl types::veth_info {
     pub fn new(ctr_ip: Ipv4Addr, host_ip: Ipv4Addr, host_mac: [u8; 6]) -> Self {
-        Self { ctr_ip: be32(ctr_ip), host_ip: be32(host_ip), host_mac, pad: [0; 2] }
+        Self { ctr_ip: be32(ctr_ip), host_ip: be32(host_ip), host_mac, pad: [0; 2], ifname: [0; 16] }
+    }
+    /// Records the host veth's name (truncated to 15 bytes, NUL-padded).
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.ifname = [0; 16];
+        for (d, s) in self.ifname.iter_mut().zip(name.bytes().take(15)) {
+            *d = s as _;
+        }
+        self
+    }
+    pub fn name(&self) -> String {
+        let b: Vec<u8> = self.ifname.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+        String::from_utf8_lossy(&b).into_owned()
     }
     pub fn ctr_ip(&self) -> Ipv4Addr {
         ip_of(self.ctr_ip)

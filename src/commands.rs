@@ -217,19 +217,18 @@ pub fn snat_del(pins: &PinRoot) -> Result<Change> {
 /// interface itself and registers the container behind it.
 pub fn veth_add(pins: &PinRoot, netns: Option<&str>, iface: &str, ctr_ip: Ipv4Addr) -> Result<Change> {
     let map = VethMap::open(pins)?;
-    let v = {
-        let _ns = NetnsGuard::enter(netns)?;
-        let iface = netif::resolve(iface)?;
-        let host_mac = netif::mac_of(&iface.name)?;
-        let host_ip = netif::ipv4_of(&iface.name)?.with_context(|| {
-            format!("host veth '{}' has no IPv4 address; the proxy listens on it", iface.name)
-        })?;
-        if host_ip == ctr_ip {
-            bail!("container address {ctr_ip} is the host veth's own address");
-        }
-        Veth { ifindex: iface.index, ctr_ip, host_ip, host_mac }
-    };
-    map.add(&v)
+    let _ns = NetnsGuard::enter(netns)?;
+    let iface = netif::resolve(iface)?;
+    let host_mac = netif::mac_of(&iface.name)?;
+    let host_ip = netif::ipv4_of(&iface.name)?
+        .with_context(|| format!("host veth '{}' has no IPv4 address; the proxy listens on it", iface.name))?;
+    if host_ip == ctr_ip {
+        bail!("container address {ctr_ip} is the host veth's own address");
+    }
+    let v = Veth { ifindex: iface.index, name: iface.name.clone(), ctr_ip, host_ip, host_mac };
+    // Inside the namespace still: an entry whose name no longer matches its
+    // index belongs to a deleted veth.
+    map.add(&v, |cur| netif::name_of(cur.ifindex).map(|n| n != cur.name).unwrap_or(true))
 }
 
 fn veth_index(netns: Option<&str>, iface: &str) -> Result<u32> {
@@ -245,8 +244,12 @@ pub fn veth_del(pins: &PinRoot, netns: Option<&str>, iface: &str) -> Result<Chan
     let map = VethMap::open(pins)?;
     match veth_index(netns, iface) {
         Ok(i) => map.del(i),
-        // Deleting what is gone succeeds.
-        Err(_) => Ok(Change::Absent),
+        // The veth is gone: remove what was registered under its name.
+        // Deleting what was never there succeeds.
+        Err(_) => {
+            let _ns = NetnsGuard::enter(netns)?;
+            map.del_gone(iface, |v| netif::name_of(v.ifindex).map(|n| n != v.name).unwrap_or(true))
+        }
     }
 }
 

@@ -294,6 +294,7 @@ impl DnatMaps {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Veth {
     pub ifindex: u32,
+    pub name: String,
     pub ctr_ip: Ipv4Addr,
     pub host_ip: Ipv4Addr,
     #[serde(serialize_with = "ser_mac")]
@@ -312,6 +313,7 @@ impl VethMap {
     pub fn get(&self, ifindex: u32) -> Result<Option<Veth>> {
         Ok(lookup::<_, types::veth_info>(&self.map, &ifindex)?.map(|v| Veth {
             ifindex,
+            name: v.name(),
             ctr_ip: v.ctr_ip(),
             host_ip: v.host_ip(),
             host_mac: v.host_mac,
@@ -321,28 +323,42 @@ impl VethMap {
     pub fn list(&self) -> Result<Vec<Veth>> {
         let mut out: Vec<Veth> = entries::<u32, types::veth_info>(&self.map)?
             .into_iter()
-            .map(|(ifindex, v)| Veth { ifindex, ctr_ip: v.ctr_ip(), host_ip: v.host_ip(), host_mac: v.host_mac })
+            .map(|(ifindex, v)| Veth {
+                ifindex,
+                name: v.name(),
+                ctr_ip: v.ctr_ip(),
+                host_ip: v.host_ip(),
+                host_mac: v.host_mac,
+            })
             .collect();
         out.sort_by_key(|v| v.ifindex);
         Ok(out)
     }
 
     /// Registers a veth; the same registration again is a no-op, a
-    /// different one for the same veth is refused.
-    pub fn add(&self, v: &Veth) -> Result<Change> {
+    /// different one for the same veth is refused. An entry left by a
+    /// deleted veth whose index the kernel has since reused (its recorded
+    /// name differs, `stale`) is replaced.
+    pub fn add(&self, v: &Veth, stale: impl Fn(&Veth) -> bool) -> Result<Change> {
+        let val = types::veth_info::new(v.ctr_ip, v.host_ip, v.host_mac).with_name(&v.name);
         if let Some(cur) = self.get(v.ifindex)? {
             if cur == *v {
                 return Ok(Change::Unchanged);
             }
+            if stale(&cur) {
+                log::info!("replacing the registration of deleted veth '{}' (ifindex {})", cur.name, cur.ifindex);
+                self.map.update(bytes_of(&v.ifindex), bytes_of(&val), MapFlags::EXIST).context("updating map veths")?;
+                return Ok(Change::Added);
+            }
             bail!(
-                "veth ifindex {} is already registered for {} (host {} {}); delete it first",
+                "veth '{}' (ifindex {}) is already registered for {} (host {} {}); delete it first",
+                v.name,
                 v.ifindex,
                 cur.ctr_ip,
                 cur.host_ip,
                 crate::netif::format_mac(&cur.host_mac)
             );
         }
-        let val = types::veth_info::new(v.ctr_ip, v.host_ip, v.host_mac);
         match self.map.update(bytes_of(&v.ifindex), bytes_of(&val), MapFlags::NO_EXIST) {
             Ok(()) => Ok(Change::Added),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -350,6 +366,18 @@ impl VethMap {
             }
             Err(e) => Err(full_or(e, "veths", crate::bpf::capacity::VETHS)),
         }
+    }
+
+    /// Unregisters, by name, veths that no longer exist (`gone` says
+    /// whether an entry's interface is gone).
+    pub fn del_gone(&self, name: &str, gone: impl Fn(&Veth) -> bool) -> Result<Change> {
+        let mut change = Change::Absent;
+        for v in self.list()? {
+            if v.name == name && gone(&v) && delete(&self.map, &v.ifindex)? {
+                change = Change::Deleted;
+            }
+        }
+        Ok(change)
     }
 
     pub fn del(&self, ifindex: u32) -> Result<Change> {

@@ -110,6 +110,7 @@ fn veth_snat_and_proxy_config() {
     let mut want = vec![10, 0, 0, 2, 10, 0, 0, 1];
     want.extend(mac);
     want.extend([0, 0]);
+    want.extend(b"dpv0\0\0\0\0\0\0\0\0\0\0\0\0");
     assert_eq!(bytes, want, "veth_info bytes");
     assert_eq!(VethMap::open(&root.pins).unwrap().list().unwrap().len(), 1);
     assert_eq!(commands::veth_del(&root.pins, n, "dpv0").unwrap(), Change::Deleted);
@@ -136,6 +137,23 @@ fn veth_snat_and_proxy_config() {
     commands::load(&root.pins, Default::default()).unwrap();
     let p = datapath::maps::proxy_ports_get(&cfg).unwrap().unwrap();
     assert_eq!((p.dns, p.http, p.tcp), (5353, 9080, 1080));
+
+    // A veth deleted before it was unregistered is still found by name...
+    commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
+    ns.ip("link del dpv0");
+    assert_eq!(commands::veth_del(&root.pins, n, "dpv0").unwrap(), Change::Deleted);
+    assert!(VethMap::open(&root.pins).unwrap().list().unwrap().is_empty());
+    // ...and an entry whose index the kernel reused for another veth is
+    // replaced, not inherited.
+    ns.ip("link add dpv0 type veth peer name dpc0");
+    ns.ip("addr add 10.0.0.1/32 dev dpv0");
+    commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
+    let (reused, _) = ns.iface("dpv0");
+    let stale = datapath::bpf::types::veth_info::new(ip("10.0.7.2"), ip("10.0.7.1"), [2, 0, 0, 0, 0, 7]).with_name("oldveth");
+    let raw = datapath::maps::open(&root.pins, "veths").unwrap();
+    raw.update(&reused.to_ne_bytes(), datapath::bpf::bytes_of(&stale), MapFlags::ANY).unwrap();
+    assert_eq!(commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap(), Change::Added);
+    assert_eq!(commands::veth_get(&root.pins, n, "dpv0").unwrap().ctr_ip, ip("10.0.0.2"));
 }
 
 #[test]

@@ -59,6 +59,8 @@ struct veth_info {
 	__be32 host_ip;		/* the host veth's own address: the proxy's */
 	__u8 host_mac[6];	/* read from the interface at registration */
 	__u8 pad[2];
+	char ifname[16];	/* user space only: finds the entry after the
+				 * veth is gone, and tells a reused ifindex */
 };
 
 /* proxy_flows value: the destination a container asked for. */
@@ -96,7 +98,7 @@ _Static_assert(sizeof(struct ctr_endpoint) == 8, "ctr_endpoint layout");
 _Static_assert(sizeof(struct snat_value) == 8, "snat_value layout");
 _Static_assert(sizeof(struct snat_config) == 8, "snat_config layout");
 _Static_assert(sizeof(struct proxy_config) == 8, "proxy_config layout");
-_Static_assert(sizeof(struct veth_info) == 16, "veth_info layout");
+_Static_assert(sizeof(struct veth_info) == 32, "veth_info layout");
 _Static_assert(sizeof(struct flow_orig) == 12, "flow_orig layout");
 _Static_assert(sizeof(struct dp_counter) == 16, "dp_counter layout");
 _Static_assert(sizeof(struct attach_key) == 16, "attach_key layout");
