@@ -431,7 +431,8 @@ fn read_dnat_lines(file: &std::path::Path) -> Result<Vec<(usize, DnatAdd)>> {
 
 fn describe_veth(v: &datapath::maps::Veth) -> String {
     format!(
-        "ifindex {} container {} host {} mac {}",
+        "{} (ifindex {}) container {} host {} mac {}",
+        v.name,
         v.ifindex,
         v.ctr_ip,
         v.host_ip,
