@@ -2118,15 +2118,11 @@ fn vlan_tags_do_not_cross_the_datapath() {
     // The control: untagged traffic crosses both ways, untagged.
     let (_, r, out, p, inside) = &seen[0];
     assert_eq!((*r, out.as_slice(), *p, inside.as_slice()), (1, &[None][..], 1, &[None][..]), "untagged control");
-    // SRC BUG (src/bpf/dp_pkt.h dp_parse_l4, snat.bpf.c, dnat.bpf.c): the
-    // programs look for VLAN tags only in the packet data, where at TC
-    // ingress there never is one: the kernel has already moved it into
-    // skb->vlan_tci. So snat rewrites a container's VLAN-100 reply and
-    // bpf_redirect_neigh sends it out of the external NIC still tagged
-    // VLAN 100 (a container chooses the external VLAN its frames go to),
-    // and dnat publishes a frame from VLAN 100 of the external network
-    // into the container. Checking skb->vlan_present (and treating such
-    // frames as not IPv4, as the parser's comment intends) closes both.
+    // At TC ingress a VLAN tag is never in the packet data: the kernel has
+    // already moved it into skb->vlan_tci. The programs check
+    // skb->vlan_present, so a container cannot choose the external VLAN its
+    // replies go to, and frames from another VLAN of the external network
+    // are not published into containers.
     let (_, r, out, p, inside) = &seen[1];
     assert!(
         out.is_empty() && inside.is_empty(),

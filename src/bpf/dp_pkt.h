@@ -51,6 +51,12 @@ static __always_inline int dp_parse_l4(struct __sk_buff *skb, struct dp_l4 *p)
 	p->ip = NULL;
 	if ((void *)(p->eth + 1) > data_end)
 		return DP_PARSE_MALFORMED;
+	/* Before TC ingress the kernel moves an 802.1Q/802.1ad tag out of the
+	 * frame into skb->vlan_tci (skb_vlan_untag()), so a tagged frame looks
+	 * untagged here. The datapath serves untagged traffic only: a tagged
+	 * frame is not ours, whatever its inner EtherType says. */
+	if (skb->vlan_present)
+		return DP_PARSE_NOT_IPV4;
 	if (p->eth->h_proto != bpf_htons(ETH_P_IP))
 		return DP_PARSE_NOT_IPV4;
 

@@ -38,7 +38,8 @@ int tproxy_ingress(struct __sk_buff *skb)
 	parsed = dp_parse_l4(skb, &p);
 	if (parsed == DP_PARSE_NOT_IPV4) {
 		/* ARP reaches this only if arp is not attached. */
-		if (p.eth->h_proto == bpf_htons(ETH_P_ARP))
+		if (!skb->vlan_present &&
+		    p.eth->h_proto == bpf_htons(ETH_P_ARP))
 			return TC_ACT_OK;
 		return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_NON_IP_DROPPED);
 	}
