@@ -99,7 +99,7 @@ impl Proto {
 impl std::str::FromStr for Proto {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
+        match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
             _ => bail!("invalid protocol '{s}': expected tcp or udp"),

@@ -38,15 +38,11 @@ pub struct LoadReport {
 /// place. Map entries survive; an incompatible pinned map stops it before
 /// anything changes.
 pub fn load(pins: &PinRoot, opts: LoadOptions) -> Result<LoadReport> {
-    let fresh = !pins.root().exists();
-    pins.create_dirs()?;
-    let _lock = pins.lock()?;
-    let result = load_inner(pins, opts);
-    if result.is_err() && fresh {
-        // Leave no empty pin directories behind a failed first load.
-        for d in [pins.maps_dir(), pins.progs_dir(), pins.links_dir(), pins.root().to_path_buf()] {
-            let _ = fs::remove_dir(d);
-        }
+    let created = pins.create_dirs()?;
+    let result = pins.lock().and_then(|_lock| load_inner(pins, opts));
+    if result.is_err() {
+        // A refused load leaves no directory behind that it made.
+        crate::pins::remove_dirs(&created);
     }
     result
 }

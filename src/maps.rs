@@ -146,11 +146,12 @@ impl Change {
 pub struct DnatMaps {
     dnat: MapHandle,
     snat: MapHandle,
+    pins: PinRoot,
 }
 
 impl DnatMaps {
     pub fn open(pins: &PinRoot) -> Result<Self> {
-        Ok(Self { dnat: open(pins, "dnat_ports")?, snat: open(pins, "snat_ports")? })
+        Ok(Self { dnat: open(pins, "dnat_ports")?, snat: open(pins, "snat_ports")?, pins: pins.clone() })
     }
 
     pub fn get(&self, host_port: u16, proto: Proto) -> Result<Option<Published>> {
@@ -172,10 +173,15 @@ impl DnatMaps {
 
     /// Publishes a port. Adding exactly what is there is a no-op; a host
     /// port already published elsewhere, or a container port already
-    /// published under another host port, is refused. The reverse entry is
-    /// claimed first, with BPF_NOEXIST, so two racing adds cannot both win;
-    /// if the forward entry then fails, the reverse one is removed again.
+    /// published under another host port, is refused. Runs under the maps
+    /// lock, so the check and the two writes are one step for every other
+    /// datapathctl; the writes still use BPF_NOEXIST against anyone else.
     pub fn add(&self, p: &Published) -> Result<Change> {
+        let _lock = self.pins.lock_maps()?;
+        self.add_locked(p)
+    }
+
+    fn add_locked(&self, p: &Published) -> Result<Change> {
         if let Some(cur) = self.get(p.host_port, p.proto)? {
             if cur == *p {
                 self.ensure_reverse(p)?;
@@ -190,31 +196,29 @@ impl DnatMaps {
         }
         let rkey = p.reverse_key();
         let rval = types::snat_value::new(p.host_port, p.veth_ifindex);
-        let claimed = match self.snat.update(bytes_of(&rkey), bytes_of(&rval), MapFlags::NO_EXIST) {
-            Ok(()) => true,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                let cur: Option<types::snat_value> = lookup(&self.snat, &rkey)?;
-                match cur {
-                    // Left behind by an interrupted add of this very port.
-                    Some(c) if c.host_port() == p.host_port => false,
-                    Some(c) => bail!(
-                        "{}:{}/{} is already published under host port {}",
-                        p.ctr_ip,
-                        p.ctr_port,
-                        p.proto,
-                        c.host_port()
-                    ),
-                    None => bail!("snat_ports changed while adding; try again"),
-                }
+        let mut claimed = true;
+        if let Some(c) = lookup::<_, types::snat_value>(&self.snat, &rkey)? {
+            let owner = self.get(c.host_port(), p.proto)?;
+            let live = owner.is_some_and(|o| o.reverse_key_tuple() == p.reverse_key_tuple());
+            if live {
+                bail!(
+                    "{}:{}/{} is already published under host port {}",
+                    p.ctr_ip,
+                    p.ctr_port,
+                    p.proto,
+                    c.host_port()
+                );
             }
-            Err(e) => return Err(full_or(e, "snat_ports", crate::bpf::capacity::PUBLISHED)),
-        };
+            // Left by an interrupted add or delete: its host port does not
+            // lead here. Take it over.
+            self.snat.update(bytes_of(&rkey), bytes_of(&rval), MapFlags::EXIST).context("updating map snat_ports")?;
+            claimed = false;
+        } else if let Err(e) = self.snat.update(bytes_of(&rkey), bytes_of(&rval), MapFlags::NO_EXIST) {
+            return Err(full_or(e, "snat_ports", crate::bpf::capacity::PUBLISHED));
+        }
         if let Err(e) = self.dnat.update(bytes_of(&p.key()), bytes_of(&p.value()), MapFlags::NO_EXIST) {
             if claimed {
                 let _ = delete(&self.snat, &rkey);
-            }
-            if e.kind() == ErrorKind::AlreadyExists {
-                bail!("host port {}/{} was published by another command meanwhile", p.host_port, p.proto);
             }
             return Err(full_or(e, "dnat_ports", crate::bpf::capacity::PUBLISHED));
         }
@@ -244,14 +248,15 @@ impl DnatMaps {
             fwd.insert((p.host_port, p.proto), i);
             rev.insert(p.reverse_key_tuple(), i);
         }
+        let _lock = self.pins.lock_maps().map_err(|e| (0, e))?;
         let mut added = Vec::new();
         for (i, p) in ps.iter().enumerate() {
-            match self.add(p) {
+            match self.add_locked(p) {
                 Ok(Change::Added) => added.push(i),
                 Ok(_) => {}
                 Err(e) => {
                     for &j in added.iter().rev() {
-                        let _ = self.del(ps[j].host_port, ps[j].proto);
+                        let _ = self.del_locked(ps[j].host_port, ps[j].proto);
                     }
                     return Err((i, e));
                 }
@@ -260,18 +265,27 @@ impl DnatMaps {
         Ok(added.len())
     }
 
+    /// Repairs the reverse entry of a published port (after an interrupted
+    /// add or delete); called under the maps lock.
     fn ensure_reverse(&self, p: &Published) -> Result<()> {
         let rkey = p.reverse_key();
         let rval = types::snat_value::new(p.host_port, p.veth_ifindex);
-        match self.snat.update(bytes_of(&rkey), bytes_of(&rval), MapFlags::NO_EXIST) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(full_or(e, "snat_ports", crate::bpf::capacity::PUBLISHED)),
+        let cur: Option<types::snat_value> = lookup(&self.snat, &rkey)?;
+        if cur.is_some_and(|c| c.host_port() == p.host_port && c.veth_ifindex == p.veth_ifindex) {
+            return Ok(());
         }
+        self.snat
+            .update(bytes_of(&rkey), bytes_of(&rval), MapFlags::ANY)
+            .map_err(|e| full_or(e, "snat_ports", crate::bpf::capacity::PUBLISHED))
     }
 
     /// Unpublishes a port; deleting what is not there succeeds.
     pub fn del(&self, host_port: u16, proto: Proto) -> Result<Change> {
+        let _lock = self.pins.lock_maps()?;
+        self.del_locked(host_port, proto)
+    }
+
+    fn del_locked(&self, host_port: u16, proto: Proto) -> Result<Change> {
         let Some(p) = self.get(host_port, proto)? else {
             return Ok(Change::Absent);
         };
@@ -303,11 +317,12 @@ pub struct Veth {
 
 pub struct VethMap {
     map: MapHandle,
+    pins: PinRoot,
 }
 
 impl VethMap {
     pub fn open(pins: &PinRoot) -> Result<Self> {
-        Ok(Self { map: open(pins, "veths")? })
+        Ok(Self { map: open(pins, "veths")?, pins: pins.clone() })
     }
 
     pub fn get(&self, ifindex: u32) -> Result<Option<Veth>> {
@@ -341,6 +356,7 @@ impl VethMap {
     /// name differs, `stale`) is replaced.
     pub fn add(&self, v: &Veth, stale: impl Fn(&Veth) -> bool) -> Result<Change> {
         let val = types::veth_info::new(v.ctr_ip, v.host_ip, v.host_mac).with_name(&v.name);
+        let _lock = self.pins.lock_maps()?;
         if let Some(cur) = self.get(v.ifindex)? {
             if cur == *v {
                 return Ok(Change::Unchanged);
@@ -371,6 +387,7 @@ impl VethMap {
     /// Unregisters, by name, veths that no longer exist (`gone` says
     /// whether an entry's interface is gone).
     pub fn del_gone(&self, name: &str, gone: impl Fn(&Veth) -> bool) -> Result<Change> {
+        let _lock = self.pins.lock_maps()?;
         let mut change = Change::Absent;
         for v in self.list()? {
             if v.name == name && gone(&v) && delete(&self.map, &v.ifindex)? {

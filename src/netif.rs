@@ -119,7 +119,7 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 /// Parses aa:bb:cc:dd:ee:ff (hex digits, either case).
 pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
     let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit())) {
         bail!("invalid MAC address '{s}': expected aa:bb:cc:dd:ee:ff");
     }
     let mut mac = [0u8; 6];
@@ -139,7 +139,7 @@ mod tests {
         let m = parse_mac("AA:bb:0c:dd:ee:0F").unwrap();
         assert_eq!(m, [0xaa, 0xbb, 0x0c, 0xdd, 0xee, 0x0f]);
         assert_eq!(format_mac(&m), "aa:bb:0c:dd:ee:0f");
-        for bad in ["aa:bb:cc:dd:ee", "aa:bb:cc:dd:ee:gg", "aabbccddeeff", "aa:bb:cc:dd:ee:ff:00", "a:bb:cc:dd:ee:ff", ""] {
+        for bad in ["+a:bb:cc:dd:ee:ff", "aa:bb:cc:dd:ee", "aa:bb:cc:dd:ee:gg", "aabbccddeeff", "aa:bb:cc:dd:ee:ff:00", "a:bb:cc:dd:ee:ff", ""] {
             assert!(parse_mac(bad).is_err(), "{bad:?} must be refused");
         }
     }

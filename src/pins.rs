@@ -69,33 +69,63 @@ impl PinRoot {
 
     /// Takes the lock that serialises commands changing what is loaded or
     /// attached (load, unload, attach, detach); released when the returned
-    /// file is dropped. Map entries need no lock: every write states its
-    /// intent to the kernel.
+    /// file is dropped.
     pub fn lock(&self) -> Result<fs::File> {
-        let f = fs::File::open(&self.root).with_context(|| format!("opening {}", self.root.display()))?;
-        // SAFETY: flock(2) on a descriptor we own; blocks until granted.
-        let rc = unsafe { nix::libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), nix::libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", self.root.display()));
-        }
-        Ok(f)
+        flock_dir(&self.root)
+    }
+
+    /// Takes the lock that serialises changes to map entries that span
+    /// more than one map or check before they write (`map dnat add/del`,
+    /// `map veth add/del`), so racing provisioning commands cannot leave
+    /// dnat_ports and snat_ports out of step.
+    pub fn lock_maps(&self) -> Result<fs::File> {
+        flock_dir(&self.maps_dir())
     }
 
     /// Creates the pin directories (0700) on a bpf filesystem, mounting
     /// bpffs on /sys/fs/bpf first if the host has not (as bpftool does).
-    pub fn create_dirs(&self) -> Result<()> {
+    /// Returns the directories it created, so a failed `load` can remove
+    /// them again; existing directories are left as they are.
+    pub fn create_dirs(&self) -> Result<Vec<PathBuf>> {
         ensure_bpffs(&self.root)?;
+        let mut created = Vec::new();
         for dir in [self.root.clone(), self.maps_dir(), self.progs_dir(), self.links_dir()] {
             match fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => {}
+                Ok(()) => {
+                    // mkdir(2) applies the umask; the mode must be exact.
+                    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                        .with_context(|| format!("setting mode 0700 on {}", dir.display()))?;
+                    created.push(dir);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+                Err(e) => {
+                    remove_dirs(&created);
+                    return Err(e).with_context(|| format!("creating {}", dir.display()));
+                }
             }
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("setting mode 0700 on {}", dir.display()))?;
         }
-        Ok(())
+        Ok(created)
     }
+}
+
+/// Removes directories (deepest first) that are empty; used to undo
+/// `create_dirs` after a failure.
+pub fn remove_dirs(dirs: &[PathBuf]) {
+    for d in dirs.iter().rev() {
+        let _ = fs::remove_dir(d);
+    }
+}
+
+/// An exclusive flock(2) on a directory; each call opens its own file
+/// description, so it excludes threads of one process as well.
+fn flock_dir(dir: &Path) -> Result<fs::File> {
+    let f = fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    // SAFETY: flock(2) on a descriptor we own; blocks until granted.
+    let rc = unsafe { nix::libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), nix::libc::LOCK_EX) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", dir.display()));
+    }
+    Ok(f)
 }
 
 fn fs_type(path: &Path) -> Option<i64> {

@@ -202,9 +202,7 @@ fn rows() -> Vec<Row> {
         a("dnat add: mac with seven octets", dnat_add("30010", "10.0.0.3", "dpv0", "aa:bb:cc:dd:ee:ff:00", &[]), "MAC"),
         a("dnat add: mac with dashes", dnat_add("30010", "10.0.0.3", "dpv0", "aa-bb-cc-dd-ee-ff", &[]), "MAC"),
         a("dnat add: mac with one-digit octets", dnat_add("30010", "10.0.0.3", "dpv0", "a:b:c:d:e:f", &[]), "MAC"),
-        // SRC BUG (src/netif.rs, parse_mac): u8::from_str_radix accepts a
-        // leading '+', so "+a" passes as an octet (0x0a) and this adds a
-        // mapping to MAC 0a:bb:cc:dd:ee:ff instead of failing.
+        // u8::from_str_radix alone would take "+a" as the octet 0x0a.
         a("dnat add: mac with signed octets", dnat_add("30010", "10.0.0.3", "dpv0", "+a:bb:cc:dd:ee:ff", &[]), "MAC"),
         // Interfaces.
         a("dnat add: unknown interface", dnat_add("30010", "10.0.0.3", "nosuch0", MAC, &[]), "nosuch0"),
@@ -448,10 +446,8 @@ fn load_refuses_an_incompatible_pinned_map_on_a_fresh_root() {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
     // dnat_ports with an 8-byte value where this build has 16.
-    // SRC BUG (src/commands.rs, load): the root exists, so `load` does not
-    // count as fresh; it creates progs/ and links/ (and chmods the root
-    // and maps/ to 0700) before it finds the incompatible map, and on the
-    // error removes nothing, though DESIGN.md says it changes nothing.
+    // The root and maps/ exist; a refused load must not leave progs/ or
+    // links/ behind, nor change the existing directories.
     pin_map(&maps_dir.join("dnat_ports"), libbpf_sys::BPF_MAP_TYPE_HASH, 4, 8, 65536);
     let before = tree(&hand.path);
     let dumped = dump(&hand.path);
@@ -891,21 +887,11 @@ fn racing_adds_keep_dnat_and_snat_in_step() {
         }
     }
     eprintln!("racing adds: 2 x {rounds} rounds in {:.1?}", started.elapsed());
-    // SRC BUG (src/maps.rs, DnatMaps::add and del). Phase 1: of two
-    // identical adds, A claims the reverse entry, B finds it, takes it
-    // for one "left behind by an interrupted add of this very port" and
-    // inserts the dnat_ports entry first; A's insert then fails with
-    // EEXIST and A deletes the reverse entry it claimed. Phase 2: an add
-    // finds the reverse entry of the mapping a racing del is removing,
-    // takes it as its own, and re-inserts the dnat_ports entry after del
-    // removed the reverse one; or an identical add found the forward
-    // entry before del removed it and its ensure_reverse re-creates the
-    // reverse entry after del removed it. dnat_ports then publishes the
-    // port while snat_ports has no reverse, so the container's replies are
-    // no longer translated (snat hands them on to tproxy); or snat_ports
-    // keeps a reverse for an unpublished port, which translates replies of
-    // a port nobody published and refuses to publish that container port
-    // under any other host port.
+    // Phase 1 races identical adds, phase 2 an add against a delete of the
+    // same mapping. Every identical add must succeed, and dnat_ports and
+    // snat_ports must agree after every round: a forward entry without its
+    // reverse stops the container's replies being translated, a reverse
+    // without its forward translates replies of a port nobody published.
     assert!(report.is_empty(), "{}", report.join("\n"));
 }
 
