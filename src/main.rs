@@ -483,9 +483,16 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
-            // One line: clap's first line, without its "error: " prefix.
+            // One line: clap's first paragraph (which may list the missing
+            // arguments on lines of their own), without "error: ".
             let text = e.render().to_string();
-            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            let para: Vec<&str> = text
+                .lines()
+                .skip_while(|l| l.trim().is_empty())
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = if para.is_empty() { "invalid arguments".to_string() } else { para.join(" ") };
             eprintln!("datapathctl: {}", line.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
