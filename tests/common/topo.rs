@@ -299,6 +299,17 @@ impl Topo {
     /// `attach host`. With `gateway` false its default route has no
     /// gateway, so it ARPs for every destination.
     pub fn add_container(&mut self, gateway: bool) -> usize {
+        self.wire_container(gateway, true)
+    }
+
+    /// Adds container `i` like [`Topo::add_container`], but its host veth
+    /// only gets `attach host`, never `map veth add`: a veth the datapath
+    /// does not know.
+    pub fn add_unregistered_container(&mut self, gateway: bool) -> usize {
+        self.wire_container(gateway, false)
+    }
+
+    fn wire_container(&mut self, gateway: bool, register: bool) -> usize {
         let i = self.ctrs.len();
         let ns = format!("dpe{}c{i}", self.id);
         let veth = format!("h{}c{i}", self.id);
@@ -324,7 +335,9 @@ impl Topo {
         wait_up(&self.host, &veth);
         let mac = within(&ns, || datapath::netif::mac_of("eth0").expect("container MAC"));
         let host_mac = within(&self.host, || datapath::netif::mac_of(&veth).expect("host veth MAC"));
-        self.ctl.run(&["-n", &self.host, "map", "veth", "add", &veth, &ctr_ip.to_string()]);
+        if register {
+            self.ctl.run(&["-n", &self.host, "map", "veth", "add", &veth, &ctr_ip.to_string()]);
+        }
         self.ctl.run(&["-n", &self.host, "attach", "host", &veth]);
         self.ctrs.push(Ctr { ns, veth, ip: ctr_ip, gw, mac, host_mac, wired: true });
         i
