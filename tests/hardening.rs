@@ -637,6 +637,8 @@ struct View {
     dst: [u8; 4],
     sport: u16,
     dport: u16,
+    /// TCP only: SYN set and ACK clear (a connection being opened).
+    syn_only: bool,
     /// Offset of the L4 header in the frame.
     l4: usize,
 }
@@ -652,6 +654,7 @@ fn view(f: &[u8]) -> View {
         dst: [0; 4],
         sport: 0,
         dport: 0,
+        syn_only: false,
         l4: 0,
     };
     if f.len() < 14 {
@@ -699,6 +702,7 @@ fn view(f: &[u8]) -> View {
     }
     v.sport = be16(f, v.l4);
     v.dport = be16(f, v.l4 + 2);
+    v.syn_only = v.proto == TCP && f[v.l4 + 13] & 0x12 == 0x02;
     v.parse = Parse::Ok;
     v
 }
@@ -802,6 +806,8 @@ impl Model {
         });
         match hit {
             None => expect(TC_ACT_UNSPEC, Some("snat/handed_on")),
+            // A SYN opens a connection, so it is never a reply.
+            Some(_) if v.syn_only => expect(TC_ACT_UNSPEC, Some("snat/handed_on")),
             Some(p) => Expect {
                 verdict: TC_ACT_REDIRECT,
                 counter: Some("snat/redirect"),

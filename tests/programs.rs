@@ -224,8 +224,16 @@ fn snat_fixtures() {
     opts.ip_options = vec![1, 1, 1, 0];
     let mut opts_out = reply_out.clone();
     opts_out.ip_options = opts.ip_options.clone();
+    let mut syn = reply.clone();
+    syn.tcp_flags = 0x02;
+    let mut synack = reply.clone();
+    synack.tcp_flags = 0x12;
+    let mut synack_out = reply_out.clone();
+    synack_out.tcp_flags = 0x12;
     let d = |s: &'static str| vec![(s, 1u64)];
     let table = vec![
+        Fx { name: "syn-ack from the published port is a reply", prog: "snat", ifindex: v0, input: synack.build(), verdict: TC_ACT_REDIRECT, output: Some(synack_out.build()), counters: d("snat/redirect") },
+        Fx { name: "syn from the published port opens a connection: handed on", prog: "snat", ifindex: v0, input: syn.build(), verdict: TC_ACT_UNSPEC, output: None, counters: d("snat/handed_on") },
         Fx { name: "tcp reply from the published port", prog: "snat", ifindex: v0, input: reply.build(), verdict: TC_ACT_REDIRECT, output: Some(reply_out.build()), counters: d("snat/redirect") },
         Fx { name: "udp reply from the published port", prog: "snat", ifindex: v0, input: ureply.build(), verdict: TC_ACT_REDIRECT, output: Some(ureply_out.build()), counters: d("snat/redirect") },
         Fx { name: "reply with ip options", prog: "snat", ifindex: v0, input: opts.build(), verdict: TC_ACT_REDIRECT, output: Some(opts_out.build()), counters: d("snat/redirect") },

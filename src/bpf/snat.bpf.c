@@ -51,6 +51,19 @@ int snat(struct __sk_buff *skb)
 		dp_count(DP_STAT_SNAT_HANDED_ON, skb->len);
 		return TC_ACT_UNSPEC;
 	}
+	/* A SYN without ACK opens a connection: never a reply, even from the
+	 * published port. Handing it on sends it to the proxy like any other
+	 * outgoing connection instead of straight out of the external NIC.
+	 * (UDP has no such mark; without connection state a datagram from a
+	 * published UDP port is taken as a reply.) */
+	if (p.proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)p.ports;
+
+		if (tcp->syn && !tcp->ack) {
+			dp_count(DP_STAT_SNAT_HANDED_ON, skb->len);
+			return TC_ACT_UNSPEC;
+		}
+	}
 
 	cfg = bpf_map_lookup_elem(&snat_cfg, &zero);
 	if (!cfg || !cfg->ext_ip) {
