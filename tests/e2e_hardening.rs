@@ -949,3 +949,42 @@ fn hundred_loads_under_load() {
     }
     assert_eq!(filters_after.values().map(Vec::len).sum::<usize>(), 9, "attached filters: {filters_after:?}");
 }
+
+/// 4. A container opening a TCP connection from its published port (the
+///    source address and port of its replies) to an outside address is
+///    still proxied: a SYN opens a connection, so it is never a reply and
+///    never leaves by the external NIC.
+#[test]
+fn outbound_connection_from_a_published_port_is_proxied() {
+    if !privileged("outbound_connection_from_a_published_port_is_proxied") {
+        return;
+    }
+    let mut t = Topo::new();
+    let c = t.add_container(true);
+    t.publish(30001, c, "tcp", CTR_PORT);
+    t.proxy_cgroup();
+    let proxy = TcpListener::from(t.proxy_sockets(&[(Kind::Tcp, PROXY_TCP)]).remove(0));
+    let outside = tcp_listen(&t.player, 7777);
+    outside.set_nonblocking(true).unwrap();
+    let ctr = &t.ctrs[c];
+    let orig = sa(PLAYER_IP, 7777);
+    let before = t.ctl.stats();
+
+    let mut client = tcp_connect_from(&ctr.ns, sa(Ipv4Addr::UNSPECIFIED, CTR_PORT), orig, CONNECT)
+        .unwrap_or_else(|e| panic!("connect from the published port: {e}"));
+    let (mut srv, peer) = accept(&proxy, IO_TIMEOUT).unwrap_or_else(|e| panic!("nothing at the proxy's {PROXY_TCP}: {e}"));
+    assert_eq!(peer, sa(ctr.ip, CTR_PORT), "the proxy's peer is {peer}");
+    let od = original_dst(&srv).unwrap_or_else(|e| panic!("getsockopt(SO_ORIGINAL_DST): {e}"));
+    assert_eq!(SocketAddr::V4(od), orig, "SO_ORIGINAL_DST returned {od}");
+    client.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    srv.read_exact(&mut b).unwrap();
+    match outside.accept() {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        other => panic!("the connection also reached the outside listener: {other:?}"),
+    }
+    let after = t.ctl.stats();
+    assert_moved("syn from the published port", &before, &after, "snat/handed_on", 1);
+    assert_moved("syn from the published port", &before, &after, "tproxy_ingress/tcp", 1);
+    assert_eq!(delta(&before, &after, "snat/redirect"), 0, "nothing from the container was sent out as a reply");
+}

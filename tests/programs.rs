@@ -247,6 +247,20 @@ fn snat_fixtures() {
     ];
     run_table(&env, table);
 
+    // A connection the container opened from its published port was sent
+    // to the proxy (tproxy recorded it); the rest of that connection is
+    // handed on too, while replies to players still leave as replies.
+    let flows = datapath::maps::open(&env.root.pins, "proxy_flows").unwrap();
+    let k = datapath::bpf::types::ctr_endpoint::new(ip("10.0.0.2"), 25565, Proto::Tcp);
+    let o = datapath::bpf::types::flow_orig::new(ip("192.0.2.9"), 7777, ip("10.0.0.1"), 9111);
+    use libbpf_rs::MapCore;
+    flows.update(datapath::bpf::bytes_of(&k), datapath::bpf::bytes_of(&o), libbpf_rs::MapFlags::ANY).unwrap();
+    let proxied = from0(Pkt::tcp((ip("10.0.0.2"), 25565), (ip("192.0.2.9"), 7777)));
+    run_table(&env, vec![
+        Fx { name: "proxied connection from the published port is handed on", prog: "snat", ifindex: v0, input: proxied.build(), verdict: TC_ACT_UNSPEC, output: None, counters: d("snat/handed_on") },
+        Fx { name: "a player reply from the same port is still a reply", prog: "snat", ifindex: v0, input: reply.build(), verdict: TC_ACT_REDIRECT, output: Some(reply_out.build()), counters: d("snat/redirect") },
+    ]);
+
     // With the external address cleared, replies are dropped and counted.
     commands::snat_del(&env.root.pins).unwrap();
     run_table(&env, vec![Fx {

@@ -53,13 +53,22 @@ int snat(struct __sk_buff *skb)
 	}
 	/* A SYN without ACK opens a connection: never a reply, even from the
 	 * published port. Handing it on sends it to the proxy like any other
-	 * outgoing connection instead of straight out of the external NIC.
-	 * (UDP has no such mark; without connection state a datagram from a
-	 * published UDP port is taken as a reply.) */
+	 * outgoing connection instead of straight out of the external NIC,
+	 * and tproxy records the flow; the rest of that connection is then
+	 * recognised by its recorded original destination. (UDP has no such
+	 * mark; without connection state a datagram from a published UDP
+	 * port is taken as a reply.) */
 	if (p.proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = (void *)p.ports;
+		struct flow_orig *orig;
 
 		if (tcp->syn && !tcp->ack) {
+			dp_count(DP_STAT_SNAT_HANDED_ON, skb->len);
+			return TC_ACT_UNSPEC;
+		}
+		orig = bpf_map_lookup_elem(&proxy_flows, &key);
+		if (orig && orig->orig_ip == p.ip->daddr &&
+		    orig->orig_port == p.dport) {
 			dp_count(DP_STAT_SNAT_HANDED_ON, skb->len);
 			return TC_ACT_UNSPEC;
 		}
