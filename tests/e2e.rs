@@ -434,16 +434,6 @@ fn spoofed_icmp_and_other_udp_are_dropped() {
     assert_still(what, &before, &after, "tproxy_ingress/dns");
 }
 
-/// FNV-1a, 64 bit: the stream's checksum on both ends.
-fn fnv(mut h: u64, data: &[u8]) -> u64 {
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-const FNV_INIT: u64 = 0xcbf29ce484222325;
-
 /// 6. Upgrade in place: `datapathctl load`, 20 times, while a player
 ///    streams over one long-lived TCP connection: no reset, every byte
 ///    arrives intact, the published ports are unchanged, the programs are
@@ -455,7 +445,6 @@ fn load_in_place_under_traffic() {
     }
     const LOADS: u64 = 20;
     const MIN_BYTES: u64 = 8 << 20;
-    const CHUNK: usize = 64 << 10;
     // 64 KiB every 20 ms: 8 MiB in about 2.6 s.
     const PACE: Duration = Duration::from_millis(20);
 
@@ -473,56 +462,16 @@ fn load_in_place_under_traffic() {
     // The container: counts and checksums everything until EOF, then
     // answers with (length, checksum).
     let received = Arc::new(AtomicU64::new(0));
-    let server = {
-        let received = received.clone();
-        thread::spawn(move || -> Result<(u64, u64), String> {
-            let (mut s, _) = accept(&listener, IO_TIMEOUT).map_err(|e| format!("container: no connection: {e}"))?;
-            let (mut len, mut h) = (0u64, FNV_INIT);
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = s.read(&mut buf).map_err(|e| format!("container: read failed after {len} bytes: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-                h = fnv(h, &buf[..n]);
-                len += n as u64;
-                received.store(len, Ordering::Relaxed);
-            }
-            s.write_all(&[len.to_be_bytes(), h.to_be_bytes()].concat())
-                .map_err(|e| format!("container: sending the summary failed: {e}"))?;
-            Ok((len, h))
-        })
-    };
+    let server = stream_sink(listener, "container", received.clone());
 
     // The player: streams a pseudo-random pattern until it has sent
     // MIN_BYTES and every load is done.
     let loads_done = Arc::new(AtomicBool::new(false));
-    let mut s =
+    let s =
         t.player_connect(30001, CONNECT).unwrap_or_else(|e| panic!("player -> {EXT_IP}:30001: connect failed: {e}"));
     let player = {
         let loads_done = loads_done.clone();
-        thread::spawn(move || -> Result<(u64, u64, u64, u64), String> {
-            let (mut sent, mut h, mut x) = (0u64, FNV_INIT, 0x9e3779b97f4a7c15u64);
-            let mut chunk = vec![0u8; CHUNK];
-            while sent < MIN_BYTES || !loads_done.load(Ordering::Relaxed) {
-                for w in chunk.chunks_exact_mut(8) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    w.copy_from_slice(&x.to_ne_bytes());
-                }
-                s.write_all(&chunk).map_err(|e| format!("player: write failed after {sent} bytes: {e}"))?;
-                h = fnv(h, &chunk);
-                sent += CHUNK as u64;
-                thread::sleep(PACE);
-            }
-            s.shutdown(std::net::Shutdown::Write).map_err(|e| format!("player: shutdown: {e}"))?;
-            let mut summary = [0u8; 16];
-            s.read_exact(&mut summary).map_err(|e| format!("player: no summary from the container: {e}"))?;
-            let len = u64::from_be_bytes(summary[..8].try_into().unwrap());
-            let sum = u64::from_be_bytes(summary[8..].try_into().unwrap());
-            Ok((sent, h, len, sum))
-        })
+        stream_source(s, "player", PACE, move |sent| sent < MIN_BYTES || !loads_done.load(Ordering::Relaxed))
     };
 
     // Spread the loads over the stream: each waits for more data to have

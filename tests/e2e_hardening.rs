@@ -692,16 +692,6 @@ fn arp_only_on_registered_veths() {
     assert_moved_by("registered container", &before, &after, "snat/unregistered", 0);
 }
 
-/// FNV-1a, 64 bit: the stream's checksum on both ends.
-fn fnv(mut h: u64, data: &[u8]) -> u64 {
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-const FNV_INIT: u64 = 0xcbf29ce484222325;
-
 /// What the request/response client measured.
 struct RrReport {
     count: u64,
@@ -721,7 +711,6 @@ fn hundred_loads_under_load() {
         return;
     }
     const LOADS: usize = 100;
-    const CHUNK: usize = 64 << 10;
     // 64 KiB about every millisecond, some 50 MB/s.
     const PACE: Duration = Duration::from_millis(1);
     // Traffic before the first load and after the last.
@@ -746,27 +735,7 @@ fn hundred_loads_under_load() {
 
     // Container 0: counts and checksums everything until EOF, then answers
     // with (length, checksum).
-    let stream_server = {
-        let received = received.clone();
-        thread::spawn(move || -> Result<(u64, u64), String> {
-            let (mut s, _) =
-                accept(&stream_listener, IO_TIMEOUT).map_err(|e| format!("container 0: no connection: {e}"))?;
-            let (mut len, mut h) = (0u64, FNV_INIT);
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = s.read(&mut buf).map_err(|e| format!("container 0: read failed after {len} bytes: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-                h = fnv(h, &buf[..n]);
-                len += n as u64;
-                received.store(len, Ordering::Relaxed);
-            }
-            s.write_all(&[len.to_be_bytes(), h.to_be_bytes()].concat())
-                .map_err(|e| format!("container 0: sending the summary failed: {e}"))?;
-            Ok((len, h))
-        })
-    };
+    let stream_server = stream_sink(stream_listener, "container 0", received.clone());
     // Container 1: answers every byte with the same byte until EOF.
     let rr_server = thread::spawn(move || -> Result<u64, String> {
         let (mut s, _) = accept(&rr_listener, IO_TIMEOUT).map_err(|e| format!("container 1: no connection: {e}"))?;
@@ -784,31 +753,10 @@ fn hundred_loads_under_load() {
     });
 
     // The player: a paced pseudo-random stream on one connection...
-    let mut s = t.player_connect(30001, CONNECT).unwrap_or_else(|e| panic!("player -> {EXT_IP}:30001: {e}"));
+    let s = t.player_connect(30001, CONNECT).unwrap_or_else(|e| panic!("player -> {EXT_IP}:30001: {e}"));
     let streamer = {
         let stop = stop.clone();
-        thread::spawn(move || -> Result<(u64, u64, u64, u64), String> {
-            let (mut sent, mut h, mut x) = (0u64, FNV_INIT, 0x9e3779b97f4a7c15u64);
-            let mut chunk = vec![0u8; CHUNK];
-            while !stop.load(Ordering::Relaxed) {
-                for w in chunk.chunks_exact_mut(8) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    w.copy_from_slice(&x.to_ne_bytes());
-                }
-                s.write_all(&chunk).map_err(|e| format!("player stream: write failed after {sent} bytes: {e}"))?;
-                h = fnv(h, &chunk);
-                sent += CHUNK as u64;
-                thread::sleep(PACE);
-            }
-            s.shutdown(Shutdown::Write).map_err(|e| format!("player stream: shutdown: {e}"))?;
-            let mut summary = [0u8; 16];
-            s.read_exact(&mut summary).map_err(|e| format!("player stream: no summary from container 0: {e}"))?;
-            let len = u64::from_be_bytes(summary[..8].try_into().unwrap());
-            let sum = u64::from_be_bytes(summary[8..].try_into().unwrap());
-            Ok((sent, h, len, sum))
-        })
+        stream_source(s, "player stream", PACE, move |_| !stop.load(Ordering::Relaxed))
     };
     // ...and 1-byte request/response as fast as it goes on the other.
     let mut rr = t.player_connect(30002, CONNECT).unwrap_or_else(|e| panic!("player -> {EXT_IP}:30002: {e}"));

@@ -84,6 +84,18 @@ static __always_inline void dp_count(enum dp_stat stat, __u32 bytes)
 	}
 }
 
+/* A key of snat_ports or proxy_flows. Hash keys are compared byte for
+ * byte, so the padding is zeroed here, once. */
+static __always_inline struct ctr_endpoint dp_endpoint(__be32 ip, __be16 port,
+						       __u8 proto)
+{
+	struct ctr_endpoint k = {
+		.ip = ip, .port = port, .proto = proto, .pad = 0,
+	};
+
+	return k;
+}
+
 /* The enums user space needs, gathered so one reference carries them all. */
 struct dp_btf_enums {
 	enum dp_stat stat;

@@ -42,10 +42,7 @@ int snat(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 
-	key.ip = p.ip->saddr;
-	key.port = p.sport;
-	key.proto = p.proto;
-	key.pad = 0;
+	key = dp_endpoint(p.ip->saddr, p.sport, p.proto);
 	v = bpf_map_lookup_elem(&snat_ports, &key);
 	if (!v || v->veth_ifindex != ifindex) {
 		dp_count(DP_STAT_SNAT_HANDED_ON, skb->len);

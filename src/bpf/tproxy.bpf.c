@@ -78,10 +78,7 @@ int tproxy_ingress(struct __sk_buff *skb)
 		stat = DP_STAT_TPROXY_INGRESS_TCP;
 	}
 
-	key.ip = p.ip->saddr;
-	key.port = p.sport;
-	key.proto = p.proto;
-	key.pad = 0;
+	key = dp_endpoint(p.ip->saddr, p.sport, p.proto);
 	orig.orig_ip = p.ip->daddr;
 	orig.proxy_ip = veth->host_ip;
 	orig.orig_port = p.dport;
@@ -114,10 +111,7 @@ int tproxy_egress(struct __sk_buff *skb)
 	if (dp_parse_l4(skb, &p) != DP_PARSE_OK)
 		goto pass;
 
-	key.ip = p.ip->daddr;
-	key.port = p.dport;
-	key.proto = p.proto;
-	key.pad = 0;
+	key = dp_endpoint(p.ip->daddr, p.dport, p.proto);
 	orig = bpf_map_lookup_elem(&proxy_flows, &key);
 	if (!orig || orig->proxy_port != p.sport ||
 	    orig->proxy_ip != p.ip->saddr)
@@ -166,10 +160,7 @@ int getsockopt(struct bpf_sockopt *ctx)
 		ip4 = ip6[3];
 	else if (family != AF_INET)
 		return 1;
-	key.ip = ip4;
-	key.port = sk->dst_port;
-	key.proto = sk->protocol;
-	key.pad = 0;
+	key = dp_endpoint(ip4, sk->dst_port, sk->protocol);
 	orig = bpf_map_lookup_elem(&proxy_flows, &key);
 	if (!orig) {
 		dp_count(DP_STAT_GETSOCKOPT_MISS, 0);

@@ -800,3 +800,80 @@ impl Drop for EchoServer {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Checksummed streams
+
+/// FNV-1a, 64 bit: a stream's checksum on both ends.
+pub fn fnv(mut h: u64, data: &[u8]) -> u64 {
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+pub const FNV_INIT: u64 = 0xcbf29ce484222325;
+
+/// Size of each write of [`stream_source`].
+pub const STREAM_CHUNK: usize = 64 << 10;
+
+/// The receiving end of a checksummed stream: accepts one connection,
+/// counts (into `received`, as it goes) and checksums everything until
+/// EOF, then answers with (length, checksum). Returns the same pair.
+pub fn stream_sink(
+    listener: TcpListener,
+    who: &'static str,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> JoinHandle<Result<(u64, u64), String>> {
+    std::thread::spawn(move || {
+        let (mut s, _) = accept(&listener, IO_TIMEOUT).map_err(|e| format!("{who}: no connection: {e}"))?;
+        let (mut len, mut h) = (0u64, FNV_INIT);
+        let mut buf = vec![0u8; STREAM_CHUNK];
+        loop {
+            let n = s.read(&mut buf).map_err(|e| format!("{who}: read failed after {len} bytes: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            h = fnv(h, &buf[..n]);
+            len += n as u64;
+            received.store(len, std::sync::atomic::Ordering::Relaxed);
+        }
+        s.write_all(&[len.to_be_bytes(), h.to_be_bytes()].concat())
+            .map_err(|e| format!("{who}: sending the summary failed: {e}"))?;
+        Ok((len, h))
+    })
+}
+
+/// The sending end: writes a pseudo-random pattern in [`STREAM_CHUNK`]s,
+/// one every `pace`, while `go(bytes sent so far)` says so, then half-closes
+/// and reads the sink's summary. Returns (sent, checksum sent, length
+/// received, checksum received).
+pub fn stream_source(
+    mut s: TcpStream,
+    who: &'static str,
+    pace: Duration,
+    go: impl Fn(u64) -> bool + Send + 'static,
+) -> JoinHandle<Result<(u64, u64, u64, u64), String>> {
+    std::thread::spawn(move || {
+        let (mut sent, mut h, mut x) = (0u64, FNV_INIT, 0x9e3779b97f4a7c15u64);
+        let mut chunk = vec![0u8; STREAM_CHUNK];
+        while go(sent) {
+            for w in chunk.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                w.copy_from_slice(&x.to_ne_bytes());
+            }
+            s.write_all(&chunk).map_err(|e| format!("{who}: write failed after {sent} bytes: {e}"))?;
+            h = fnv(h, &chunk);
+            sent += STREAM_CHUNK as u64;
+            std::thread::sleep(pace);
+        }
+        s.shutdown(std::net::Shutdown::Write).map_err(|e| format!("{who}: shutdown: {e}"))?;
+        let mut summary = [0u8; 16];
+        s.read_exact(&mut summary).map_err(|e| format!("{who}: no summary from the receiver: {e}"))?;
+        let len = u64::from_be_bytes(summary[..8].try_into().unwrap());
+        let sum = u64::from_be_bytes(summary[8..].try_into().unwrap());
+        Ok((sent, h, len, sum))
+    })
+}
