@@ -22,59 +22,16 @@ use libbpf_rs::MapCore;
 const BIN: &str = env!("CARGO_BIN_EXE_datapathctl");
 const MAC: &str = "02:c0:00:00:00:02";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs datapathctl with DATAPATH_PIN_ROOT set to `root`; `ns` adds `-n`.
-fn ctl(root: &Path, ns: Option<&str>, args: &[&str]) -> Out {
-    let mut c = Command::new(BIN);
-    c.env("DATAPATH_PIN_ROOT", root);
-    if let Some(n) = ns {
-        c.args(["-n", n]);
-    }
-    let o = c.args(args).output().expect("running datapathctl");
-    Out {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-/// The same, as nobody (uid/gid 65534, no groups), through setpriv.
-fn ctl_as_nobody(root: &Path, ns: Option<&str>, args: &[&str]) -> Out {
+/// `datapathctl` as nobody (uid/gid 65534, no groups), through setpriv.
+fn ctl_as_nobody(root: &Path, ns: Option<&str>, args: &[&str]) -> CtlOut {
     let mut c = Command::new("setpriv");
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
-    c.env("DATAPATH_PIN_ROOT", root);
-    if let Some(n) = ns {
-        c.args(["-n", n]);
-    }
-    let o = c.args(args).output().expect("running setpriv");
-    Out {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-#[track_caller]
-fn assert_ok(what: &str, o: &Out) {
-    assert_eq!(o.code, Some(0), "{what}: exit {:?}, stderr {:?}", o.code, o.stderr);
-}
-
-#[track_caller]
-fn assert_one_line_failure(what: &str, o: &Out) {
-    assert!(o.code.is_some_and(|c| c != 0), "{what}: exit {:?}, expected a failure; stdout {:?}", o.code, o.stdout);
-    assert_eq!(o.stderr.lines().count(), 1, "{what}: stderr must be exactly one line, got {:?}", o.stderr);
-    assert!(o.stdout.is_empty(), "{what}: a failure printed on stdout: {:?}", o.stdout);
+    run_ctl(c, root, ns, args)
 }
 
 /// Everything a command could change, as the binary shows it. Commands
 /// that fail (`map snat get` when unset) are compared by their failure.
-fn dump(root: &Path) -> Vec<(String, Out)> {
+fn dump(root: &Path) -> Vec<(String, CtlOut)> {
     [
         vec!["--json", "map", "dnat", "list"],
         vec!["--json", "map", "veth", "list"],
@@ -88,7 +45,7 @@ fn dump(root: &Path) -> Vec<(String, Out)> {
 }
 
 #[track_caller]
-fn assert_same_dump(what: &str, before: &[(String, Out)], after: &[(String, Out)]) {
+fn assert_same_dump(what: &str, before: &[(String, CtlOut)], after: &[(String, CtlOut)]) {
     for ((cmd, b), (_, a)) in before.iter().zip(after) {
         assert!(a == b, "{what}: `{cmd}` changed:\nbefore {b:?}\nafter  {a:?}");
     }
@@ -294,7 +251,7 @@ fn rows() -> Vec<Row> {
 
 /// The failures of one row, if any: exit, stderr, stdout, and whether
 /// anything changed.
-fn check_row(r: &Row, o: &Out, before: &[(String, Out)], after: &[(String, Out)], created: &[&Path]) -> Vec<String> {
+fn check_row(r: &Row, o: &CtlOut, before: &[(String, CtlOut)], after: &[(String, CtlOut)], created: &[&Path]) -> Vec<String> {
     let mut bad = Vec::new();
     if o.code == Some(0) || o.code.is_none() {
         bad.push(format!("exit {:?}, expected a failure (stdout {:?})", o.code, o.stdout));

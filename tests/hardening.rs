@@ -1680,38 +1680,6 @@ fn property_tproxy_egress() {
 // 6. Full maps
 // ---------------------------------------------------------------------------
 
-struct CtlOut {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the real datapathctl on a pin root (and in a named netns).
-fn ctl(root: &Path, ns: Option<&str>, args: &[&str]) -> CtlOut {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_datapathctl"));
-    c.env("DATAPATH_PIN_ROOT", root);
-    if let Some(n) = ns {
-        c.args(["-n", n]);
-    }
-    let o = c.args(args).output().expect("running datapathctl");
-    CtlOut {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-#[track_caller]
-fn assert_ok(what: &str, o: &CtlOut) {
-    assert_eq!(o.code, Some(0), "{what}: exit {:?}, stderr {:?}", o.code, o.stderr);
-}
-
-#[track_caller]
-fn assert_one_line_failure(what: &str, o: &CtlOut) {
-    assert!(o.code.is_some_and(|c| c != 0), "{what}: exit {:?}, expected a failure; stdout {:?}", o.code, o.stdout);
-    assert_eq!(o.stderr.lines().count(), 1, "{what}: stderr must be exactly one line: {:?}", o.stderr);
-}
-
 /// A namespace with one host veth, dpv0 (10.0.0.1).
 fn one_veth_ns() -> TestNs {
     let ns = TestNs::new();

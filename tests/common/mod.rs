@@ -193,6 +193,48 @@ pub fn assert_counter_deltas(
     }
 }
 
+/// What one run of the real `datapathctl` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtlOut {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `c` (the binary, or a wrapper that starts it) with
+/// DATAPATH_PIN_ROOT set to `root`; `ns` adds `-n`.
+pub fn run_ctl(mut c: Command, root: &std::path::Path, ns: Option<&str>, args: &[&str]) -> CtlOut {
+    c.env("DATAPATH_PIN_ROOT", root);
+    if let Some(n) = ns {
+        c.args(["-n", n]);
+    }
+    let o = c.args(args).output().expect("running datapathctl");
+    CtlOut {
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Runs the real datapathctl on a pin root (and in a named netns).
+pub fn ctl(root: &std::path::Path, ns: Option<&str>, args: &[&str]) -> CtlOut {
+    run_ctl(Command::new(env!("CARGO_BIN_EXE_datapathctl")), root, ns, args)
+}
+
+#[track_caller]
+pub fn assert_ok(what: &str, o: &CtlOut) {
+    assert_eq!(o.code, Some(0), "{what}: exit {:?}, stderr {:?}", o.code, o.stderr);
+}
+
+/// A failed command: non-zero exit, exactly one line on stderr, nothing
+/// on stdout.
+#[track_caller]
+pub fn assert_one_line_failure(what: &str, o: &CtlOut) {
+    assert!(o.code.is_some_and(|c| c != 0), "{what}: exit {:?}, expected a failure; stdout {:?}", o.code, o.stdout);
+    assert_eq!(o.stderr.lines().count(), 1, "{what}: stderr must be exactly one line, got {:?}", o.stderr);
+    assert!(o.stdout.is_empty(), "{what}: a failure printed on stdout: {:?}", o.stdout);
+}
+
 pub fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
