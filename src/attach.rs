@@ -85,10 +85,17 @@ impl Kind {
 
 const QDISC_CREATED: u32 = types::dp_attach_flag::DP_ATTACH_F_QDISC_CREATED.0;
 
+impl serde::Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// One attachment record.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Record {
-    pub kind: &'static str,
+    /// None for a kind this build does not know.
+    pub kind: Option<Kind>,
     pub netns: String,
     pub target: String,
     pub ifindex: u32,
@@ -141,7 +148,7 @@ impl Records {
 
     fn record(k: &types::attach_key, v: &types::attach_value) -> Record {
         Record {
-            kind: Kind::from_code(k.kind).map(Kind::as_str).unwrap_or("?"),
+            kind: Kind::from_code(k.kind),
             netns: cstr_field(&v.netns),
             target: cstr_field(&v.target),
             ifindex: k.ifindex,
@@ -183,7 +190,7 @@ impl Records {
                 out.push(Self::record(&k, &v));
             }
         }
-        out.sort_by(|a, b| (a.kind, &a.netns, &a.target).cmp(&(b.kind, &b.netns, &b.target)));
+        out.sort_by(|a, b| (a.kind_code, &a.netns, &a.target).cmp(&(b.kind_code, &b.netns, &b.target)));
         Ok(out)
     }
 }
@@ -353,7 +360,7 @@ pub fn detach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &
             // The interface is gone and its filters with it: forget it.
             if let Some(records) = &records {
                 for r in records.list()? {
-                    if r.kind == kind.as_str() && r.id == ns_id && r.target == ifspec {
+                    if r.kind == Some(kind) && r.id == ns_id && r.target == ifspec {
                         records.remove(&r)?;
                     }
                 }
@@ -493,12 +500,7 @@ pub fn replace_all(dp: &Datapath<'_>, pins: &PinRoot) -> Result<usize> {
     let records = Records::from_handle(MapHandle::try_from(dp.map("attachments")?)?);
     let mut updated = 0;
     for r in records.list()? {
-        let kind = match r.kind {
-            "dnat" => Kind::Dnat,
-            "host" => Kind::Host,
-            "getsockopt" => Kind::Getsockopt,
-            _ => continue,
-        };
+        let Some(kind) = r.kind else { continue };
         if kind == Kind::Getsockopt {
             let link_path = pins.link(&link_name(r.id));
             if !link_path.exists() {
@@ -517,24 +519,13 @@ pub fn replace_all(dp: &Datapath<'_>, pins: &PinRoot) -> Result<usize> {
             updated += 1;
             continue;
         }
-        let ns = if r.netns.is_empty() { None } else { Some(r.netns.as_str()) };
-        let _guard = match NetnsGuard::enter(ns) {
-            Ok(g) => g,
-            Err(_) => {
-                records.remove(&r)?;
-                continue;
-            }
-        };
-        let same_ns = netns::current_inode()? == r.id;
-        let same_if = netif::name_of(r.ifindex).map(|n| n == r.target).unwrap_or(false);
-        if !same_ns || !same_if {
+        let Some((_guard, iface)) = enter_recorded(&r)? else {
             records.remove(&r)?;
             continue;
-        }
-        let iface = netif::Iface { index: r.ifindex, name: r.target.clone() };
+        };
         let mut present = 0;
         for slot in kind.slots() {
-            if tc_query(r.ifindex, slot)?.is_some() {
+            if tc_query(iface.index, slot)?.is_some() {
                 let prog = dp.program(slot.prog)?;
                 tc_attach(&iface, slot, prog.as_fd().as_raw_fd())?;
                 present += 1;
@@ -549,32 +540,38 @@ pub fn replace_all(dp: &Datapath<'_>, pins: &PinRoot) -> Result<usize> {
     Ok(updated)
 }
 
+/// Enters the namespace of a TC attachment record and checks that its
+/// interface is still the one recorded (same namespace, same index and
+/// name). None: the record is stale.
+fn enter_recorded(r: &Record) -> Result<Option<(NetnsGuard, netif::Iface)>> {
+    let ns = if r.netns.is_empty() { None } else { Some(r.netns.as_str()) };
+    let Ok(guard) = NetnsGuard::enter(ns) else {
+        return Ok(None);
+    };
+    let same_ns = netns::current_inode()? == r.id;
+    let same_if = netif::name_of(r.ifindex).map(|n| n == r.target).unwrap_or(false);
+    if !same_ns || !same_if {
+        return Ok(None);
+    }
+    Ok(Some((guard, netif::Iface { index: r.ifindex, name: r.target.clone() })))
+}
+
 /// During `unload`: removes every recorded attachment.
 pub fn detach_all(pins: &PinRoot) -> Result<()> {
     let records = Records::open(pins)?;
     for r in records.list()? {
         match r.kind {
-            "getsockopt" => {
+            Some(Kind::Getsockopt) => {
                 let _ = std::fs::remove_file(pins.link(&link_name(r.id)));
                 records.remove(&r)?;
             }
-            "dnat" | "host" => {
-                let kind = if r.kind == "dnat" { Kind::Dnat } else { Kind::Host };
-                let ns = if r.netns.is_empty() { None } else { Some(r.netns.as_str()) };
-                let Ok(_guard) = NetnsGuard::enter(ns) else {
-                    records.remove(&r)?;
-                    continue;
-                };
-                let same = netns::current_inode()? == r.id
-                    && netif::name_of(r.ifindex).map(|n| n == r.target).unwrap_or(false);
-                if same {
-                    let iface = netif::Iface { index: r.ifindex, name: r.target.clone() };
+            Some(kind) => match enter_recorded(&r)? {
+                Some((_guard, iface)) => {
                     detach_iface(Some(&records), kind, r.id, &iface)?;
-                } else {
-                    records.remove(&r)?;
                 }
-            }
-            _ => records.remove(&r)?,
+                None => records.remove(&r)?,
+            },
+            None => records.remove(&r)?,
         }
     }
     Ok(())

@@ -454,7 +454,8 @@ fn describe_status(s: &commands::Status) -> String {
     }
     for a in &s.attachments {
         let ns = if a.netns.is_empty() { String::new() } else { format!(" (netns {})", a.netns) };
-        out.push_str(&format!("\n  {:<10} {}{}", a.kind, a.target, ns));
+        let kind = a.kind.map(|k| k.as_str()).unwrap_or("?");
+        out.push_str(&format!("\n  {:<10} {}{}", kind, a.target, ns));
     }
     out.push_str("\nmaps:");
     for m in &s.maps {
