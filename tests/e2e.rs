@@ -28,32 +28,6 @@ const CONNECT: Duration = Duration::from_secs(3);
 /// How long to wait for a packet that must not arrive.
 const QUIET: Duration = Duration::from_millis(500);
 
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::from((ip, port))
-}
-
-fn any(port: u16) -> SocketAddr {
-    sa(Ipv4Addr::UNSPECIFIED, port)
-}
-
-#[track_caller]
-fn counter(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
-    *stats.get(name).unwrap_or_else(|| panic!("`datapathctl stats --json` has no counter {name}"))
-}
-
-/// Asserts that counter `name` moved by at least `min` between two reads.
-#[track_caller]
-fn assert_moved(what: &str, before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str, min: u64) {
-    let d = counter(after, name) - counter(before, name);
-    assert!(d >= min, "{what}: counter {name} moved by {d}, expected at least {min}");
-}
-
-#[track_caller]
-fn assert_still(what: &str, before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) {
-    let d = counter(after, name) - counter(before, name);
-    assert_eq!(d, 0, "{what}: counter {name} moved by {d}, expected 0");
-}
-
 /// 1. Published ports: each reaches its own container, replies come back
 ///    from the host's address and published port, and the container sees
 ///    the player's real address. TCP and UDP.
@@ -280,15 +254,6 @@ fn same_source_port_in_two_containers() {
     }
 }
 
-/// MAC of the neighbour entry for `dst` in a container, if any.
-fn neighbour(ns: &str, dst: Ipv4Addr) -> Option<String> {
-    let v = ip_json(&format!("-n {ns} neigh show dev eth0"));
-    v.as_array()?
-        .iter()
-        .find(|n| n["dst"].as_str() == Some(&dst.to_string()))
-        .and_then(|n| n["lladdr"].as_str().map(str::to_string))
-}
-
 /// 4. ARP: the container resolves its gateway (and, without a gateway,
 ///    any destination) to the host veth's real MAC, answered by arp.
 #[test]
@@ -350,17 +315,6 @@ fn icmp_socket(ns: &str) -> UdpSocket {
         // SAFETY: fd is fresh and owned by nobody else.
         UdpSocket::from(unsafe { OwnedFd::from_raw_fd(fd) })
     })
-}
-
-/// Reads what is already queued on a socket, without waiting.
-fn queued(s: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
-    s.set_nonblocking(true).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 2048];
-    while let Ok((n, from)) = s.recv_from(&mut buf) {
-        out.push((buf[..n].to_vec(), from));
-    }
-    out
 }
 
 /// 5. Dropped and counted: a spoofed source address, ICMP, UDP to a port

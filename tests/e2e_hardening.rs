@@ -41,37 +41,6 @@ const BROADCAST: [u8; 6] = [0xff; 6];
 const ARPOP_REQUEST: u16 = 1;
 const ARPOP_REPLY: u16 = 2;
 
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::from((ip, port))
-}
-
-fn any(port: u16) -> SocketAddr {
-    sa(Ipv4Addr::UNSPECIFIED, port)
-}
-
-#[track_caller]
-fn counter(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
-    *stats.get(name).unwrap_or_else(|| panic!("`datapathctl stats --json` has no counter {name}"))
-}
-
-fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) -> u64 {
-    counter(after, name) - counter(before, name)
-}
-
-/// Asserts that counter `name` moved by at least `min` between two reads.
-#[track_caller]
-fn assert_moved(what: &str, before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str, min: u64) {
-    let d = delta(before, after, name);
-    assert!(d >= min, "{what}: counter {name} moved by {d}, expected at least {min}");
-}
-
-/// Asserts that counter `name` moved by exactly `n`.
-#[track_caller]
-fn assert_moved_by(what: &str, before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str, n: u64) {
-    let d = delta(before, after, name);
-    assert_eq!(d, n, "{what}: counter {name} moved by {d}, expected {n}");
-}
-
 /// Runs a shell command in a container's network namespace only, as a
 /// process of the container would (nsenter joins nothing else); returns
 /// (success, stderr).
@@ -346,27 +315,6 @@ fn udp_packet(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8]) -> Vec
     let mut p = Pkt::udp(src, dst);
     p.payload = payload.to_vec();
     p.build()[14..].to_vec()
-}
-
-/// Reads what is already queued on a socket, without waiting.
-fn queued(s: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
-    s.set_nonblocking(true).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 2048];
-    while let Ok((n, from)) = s.recv_from(&mut buf) {
-        out.push((buf[..n].to_vec(), from));
-    }
-    s.set_nonblocking(false).unwrap();
-    out
-}
-
-/// MAC of the neighbour entry for `dst` in a container, if any.
-fn neighbour(ns: &str, dst: Ipv4Addr) -> Option<String> {
-    let v = ip_json(&format!("-n {ns} neigh show dev eth0"));
-    v.as_array()?
-        .iter()
-        .find(|n| n["dst"].as_str() == Some(&dst.to_string()))
-        .and_then(|n| n["lladdr"].as_str().map(str::to_string))
 }
 
 /// One TCP connection from a container to `orig`, expected to land at the

@@ -877,3 +877,65 @@ pub fn stream_source(
         Ok((sent, h, len, sum))
     })
 }
+
+// ---------------------------------------------------------------------------
+// Addresses, counters, neighbours
+
+pub fn sa(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+pub fn any(port: u16) -> SocketAddr {
+    sa(Ipv4Addr::UNSPECIFIED, port)
+}
+
+#[track_caller]
+pub fn counter(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
+    *stats.get(name).unwrap_or_else(|| panic!("`datapathctl stats --json` has no counter {name}"))
+}
+
+pub fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) -> u64 {
+    counter(after, name) - counter(before, name)
+}
+
+/// Asserts that counter `name` moved by at least `min` between two reads.
+#[track_caller]
+pub fn assert_moved(what: &str, before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str, min: u64) {
+    let d = delta(before, after, name);
+    assert!(d >= min, "{what}: counter {name} moved by {d}, expected at least {min}");
+}
+
+/// Asserts that counter `name` moved by exactly `n`.
+#[track_caller]
+pub fn assert_moved_by(what: &str, before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str, n: u64) {
+    let d = delta(before, after, name);
+    assert_eq!(d, n, "{what}: counter {name} moved by {d}, expected {n}");
+}
+
+/// Asserts that counter `name` did not move.
+#[track_caller]
+pub fn assert_still(what: &str, before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) {
+    assert_moved_by(what, before, after, name, 0);
+}
+
+/// Reads what is already queued on a socket, without waiting.
+pub fn queued(s: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
+    s.set_nonblocking(true).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while let Ok((n, from)) = s.recv_from(&mut buf) {
+        out.push((buf[..n].to_vec(), from));
+    }
+    s.set_nonblocking(false).unwrap();
+    out
+}
+
+/// MAC of the neighbour entry for `dst` in a container, if any.
+pub fn neighbour(ns: &str, dst: Ipv4Addr) -> Option<String> {
+    let v = ip_json(&format!("-n {ns} neigh show dev eth0"));
+    v.as_array()?
+        .iter()
+        .find(|n| n["dst"].as_str() == Some(&dst.to_string()))
+        .and_then(|n| n["lladdr"].as_str().map(str::to_string))
+}
+
