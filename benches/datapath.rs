@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use common::packet::{arp, Pkt};
 use common::*;
-use datapath::bpf::{bytes_of, types, Proto};
-use datapath::commands::{self, DnatAdd, LoadOptions};
-use datapath::netns::NetnsGuard;
+use datapath::abi::{bytes_of, types, Proto};
+use datapath::ops::{self, DnatAdd, LoadOptions};
+use datapath::net::netns::NetnsGuard;
 use libbpf_rs::{MapCore, MapFlags};
 
 const CTR0: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x02];
@@ -108,18 +108,18 @@ fn prog_env() -> ProgEnv {
     // Proxy ports 53 and 80 make the DNS and HTTP redirects fixed points:
     // the rewritten packet takes the same path on every repeat.
     let root = TestRoot::loaded();
-    commands::load(&root.pins, LoadOptions { dns: Some(53), http: Some(80), tcp: Some(9111) }).unwrap();
+    ops::load(&root.pins, LoadOptions { dns: Some(53), http: Some(80), tcp: Some(9111) }).unwrap();
     let ns = TestNs::new();
     ns.ip("link add dpv0 type veth peer name dpc0");
     ns.ip("addr add 10.0.0.1/32 dev dpv0");
     ns.ip("link add dpext type veth peer name dpextp");
     let n = Some(ns.name.as_str());
-    commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
+    ops::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
     // snat's fixed point: the external address is the container's and the
     // host port its port, so the rewrite writes what is already there.
-    commands::snat_set(&root.pins, n, ip("10.0.0.2"), "dpext").unwrap();
+    ops::snat_set(&root.pins, n, ip("10.0.0.2"), "dpext").unwrap();
     let a = DnatAdd { host_port: 25565, ctr_ip: ip("10.0.0.2"), veth: "dpv0".into(), ctr_mac: CTR0, proto: Proto::Tcp, to_port: 25565 };
-    commands::dnat_add(&root.pins, n, &a).unwrap();
+    ops::dnat_add(&root.pins, n, &a).unwrap();
     let v0 = ns.iface("dpv0");
     ProgEnv { root, ns, v0 }
 }
@@ -343,7 +343,7 @@ fn topo(setup: Setup) -> Topo {
             ctl(&r, &["-n", h, "attach", "dnat", "ext0"]);
             ctl(&r, &["-n", h, "map", "veth", "add", "hv0", "10.99.0.2"]);
             ctl(&r, &["-n", h, "attach", "host", "hv0"]);
-            let mac = datapath::netif::format_mac(&ctr.iface("eth0").1);
+            let mac = datapath::net::netif::format_mac(&ctr.iface("eth0").1);
             ctl(&r, &["-n", h, "map", "dnat", "add", "30001", "10.99.0.2", "hv0", &mac]);
         }
         Setup::Direct => unreachable!(),

@@ -2,14 +2,12 @@
 //!
 //! Publishes each container's server on a host port (dnat), sends replies
 //! back out (snat), answers the containers' ARP (arp) and forces every
-//! other connection through a transparent proxy on the host (tproxy), all
-//! at TC hooks. `datapathctl` is the command line over this library.
+//! other connection through a transparent proxy on the host (tproxy).
+//! `datapathctl` and `datapath-cni` are thin binaries over this library;
+//! docs/ARCHITECTURE.md describes how the pieces fit.
 
-pub mod attach;
-pub mod bpf;
-pub mod commands;
-pub mod loader;
+pub mod abi;
+pub mod kernel;
 pub mod maps;
-pub mod netif;
-pub mod netns;
-pub mod pins;
+pub mod net;
+pub mod ops;

@@ -14,9 +14,9 @@ use std::sync::Barrier;
 use std::time::Instant;
 
 use common::*;
-use datapath::bpf::Proto;
+use datapath::abi::Proto;
 use datapath::maps::{Change, DnatMaps, Published};
-use datapath::pins::PinRoot;
+use datapath::kernel::pins::PinRoot;
 use libbpf_rs::MapCore;
 
 const BIN: &str = env!("CARGO_BIN_EXE_datapathctl");
@@ -336,7 +336,7 @@ struct HandRoot {
 
 impl Drop for HandRoot {
     fn drop(&mut self) {
-        let _ = datapath::commands::unload(&PinRoot::new(&self.path));
+        let _ = datapath::ops::unload(&PinRoot::new(&self.path));
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -379,7 +379,7 @@ fn tree(root: &Path) -> BTreeSet<(String, u32, u32)> {
 
 /// Id of a pinned map or program.
 fn obj_id(path: &Path) -> u32 {
-    let fd = datapath::attach::obj_get(path).unwrap();
+    let fd = datapath::kernel::attach::obj_get(path).unwrap();
     let mut info = [0u8; 256];
     let mut len = info.len() as u32;
     // SAFETY: info is a zeroed buffer of the length passed; both map and
@@ -853,8 +853,8 @@ fn racing_adds_keep_dnat_and_snat_in_step() {
 }
 
 fn types_reverse_key(p: &Published) -> Vec<u8> {
-    let k = datapath::bpf::types::ctr_endpoint::new(p.ctr_ip, p.ctr_port, p.proto);
-    datapath::bpf::bytes_of(&k).to_vec()
+    let k = datapath::abi::types::ctr_endpoint::new(p.ctr_ip, p.ctr_port, p.proto);
+    datapath::abi::bytes_of(&k).to_vec()
 }
 
 fn maps_handle(pins: &PinRoot, name: &str) -> libbpf_rs::MapHandle {

@@ -152,7 +152,7 @@ impl Frames {
     fn open(ns: &str, dev: &str, ethertype: u16) -> Self {
         let dev = dev.to_string();
         within(ns, move || {
-            let ifindex = datapath::netif::index_of(&dev).unwrap_or_else(|e| panic!("{dev}: {e:#}"));
+            let ifindex = datapath::net::netif::index_of(&dev).unwrap_or_else(|e| panic!("{dev}: {e:#}"));
             let proto = ethertype.to_be();
             // SAFETY: plain socket(2); the result is checked before use.
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };

@@ -30,10 +30,10 @@ use std::time::Instant;
 
 use common::packet::{self, Pkt, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP, TCP, UDP};
 use common::*;
-use datapath::bpf::{bytes_of, types, Proto};
-use datapath::commands::{self, DnatAdd};
+use datapath::abi::{bytes_of, types, Proto};
+use datapath::ops::{self, DnatAdd};
 use datapath::maps::{self, Change};
-use datapath::netns::NetnsGuard;
+use datapath::net::netns::NetnsGuard;
 use libbpf_rs::{MapCore, MapFlags};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -107,10 +107,10 @@ fn env() -> Env {
     let n = Some(ns.name.as_str());
     for i in 0..3 {
         if REGISTERED[i] {
-            commands::veth_add(&root.pins, n, &format!("dpv{i}"), v4(CTR_IPS[i])).unwrap();
+            ops::veth_add(&root.pins, n, &format!("dpv{i}"), v4(CTR_IPS[i])).unwrap();
         }
     }
-    commands::snat_set(&root.pins, n, v4(EXT_IP), "dpext").unwrap();
+    ops::snat_set(&root.pins, n, v4(EXT_IP), "dpext").unwrap();
     for p in &PUBLISHED {
         let a = DnatAdd {
             host_port: p.host_port,
@@ -120,7 +120,7 @@ fn env() -> Env {
             proto: proto_of(p.proto),
             to_port: p.ctr_port,
         };
-        commands::dnat_add(&root.pins, n, &a).expect("map dnat add");
+        ops::dnat_add(&root.pins, n, &a).expect("map dnat add");
     }
     let veths = [ns.iface("dpv0"), ns.iface("dpv1"), ns.iface("dpv2")];
     let ext = ns.iface("dpext");
@@ -1699,7 +1699,7 @@ fn full_maps_are_a_clear_error() {
     let (ifindex, _) = ns.iface("dpv0");
     let dir = root.pins.root();
     let dm = maps::DnatMaps::open(&root.pins).unwrap();
-    let cap = datapath::bpf::capacity::PUBLISHED as usize;
+    let cap = datapath::abi::capacity::PUBLISHED as usize;
     assert_eq!(cap, 65536, "DESIGN.md: 65,536 published ports");
 
     // 65,535 TCP host ports and one UDP one, each to its own container.
@@ -1740,7 +1740,7 @@ fn full_maps_are_a_clear_error() {
 
     // Registered veths: the same, with veths full of other interfaces.
     let veths = maps::open(&root.pins, "veths").unwrap();
-    let vcap = datapath::bpf::capacity::VETHS;
+    let vcap = datapath::abi::capacity::VETHS;
     let info = types::veth_info::new(ip("10.9.0.2"), ip("10.9.0.1"), CTR1);
     for i in 0..vcap {
         veths.update(bytes_of(&(1_000_000 + i)), bytes_of(&info), MapFlags::NO_EXIST).unwrap();
@@ -1764,7 +1764,7 @@ struct TestCgroup {
 
 impl TestCgroup {
     fn new() -> Self {
-        let path = datapath::attach::cgroup2_root().unwrap().join(unique("dpt"));
+        let path = datapath::kernel::attach::cgroup2_root().unwrap().join(unique("dpt"));
         std::fs::create_dir(&path).unwrap();
         Self { path }
     }
@@ -1796,7 +1796,7 @@ impl OpenBpffs {
 
 impl Drop for OpenBpffs {
     fn drop(&mut self) {
-        let _ = commands::unload(&datapath::pins::PinRoot::new(self.path.join("root")));
+        let _ = ops::unload(&datapath::kernel::pins::PinRoot::new(self.path.join("root")));
         let _ = Command::new("umount").arg(&self.path).status();
         let _ = std::fs::remove_dir(&self.path);
     }
@@ -1862,7 +1862,7 @@ fn pins_are_root_only() {
     let cg = TestCgroup::new();
     let root = TestRoot::loaded();
     // A cgroup attachment, so there is a pinned link too.
-    commands::attach_getsockopt(&root.pins, Some(&cg.path)).unwrap();
+    ops::attach_getsockopt(&root.pins, Some(&cg.path)).unwrap();
     let dir = root.pins.root();
     let pins = check_pin_modes(dir);
     let maps_n = std::fs::read_dir(root.pins.maps_dir()).unwrap().count();
@@ -1924,7 +1924,7 @@ struct RawSocket {
 impl RawSocket {
     fn open(ns: &TestNs, dev: &str) -> Self {
         let _g = NetnsGuard::enter(Some(&ns.name)).unwrap();
-        let ifindex = datapath::netif::index_of(dev).unwrap();
+        let ifindex = datapath::net::netif::index_of(dev).unwrap();
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2); the result is checked.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
@@ -2047,7 +2047,7 @@ fn vlan_tags_do_not_cross_the_datapath() {
     let (_, extmac) = host.iface("dpext");
     let (_, ctrmac) = ctr.iface("dpc0");
     let (_, playermac) = ext.iface("dpextp");
-    let mac = |m: [u8; 6]| datapath::netif::format_mac(&m);
+    let mac = |m: [u8; 6]| datapath::net::netif::format_mac(&m);
     host.ip("route add 203.0.113.9/32 dev dpext");
     host.ip(&format!("neigh add 203.0.113.9 lladdr {} dev dpext", mac(playermac)));
     let dir = root.pins.root();

@@ -6,8 +6,8 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::*;
-use datapath::bpf::{bytes_of, types, Proto};
-use datapath::commands::{self, DnatAdd};
+use datapath::abi::{bytes_of, types, Proto};
+use datapath::ops::{self, DnatAdd};
 use datapath::maps::{Change, DnatMaps, Published, VethMap};
 use libbpf_rs::{MapCore, MapFlags};
 
@@ -71,7 +71,7 @@ fn dnat_capacity_is_65536() {
     }
     let root = TestRoot::loaded();
     let maps = DnatMaps::open(&root.pins).unwrap();
-    let cap = datapath::bpf::capacity::PUBLISHED;
+    let cap = datapath::abi::capacity::PUBLISHED;
     assert_eq!(cap, 65536);
     for i in 0..cap {
         // 65,536 (port, proto) keys: every port 1..=65535 over tcp, plus one udp.
@@ -97,13 +97,13 @@ fn veth_snat_and_proxy_config() {
     ns.ip("link add dpv9 type veth peer name dpc9");
     let (idx, mac) = ns.iface("dpv0");
     let n = Some(ns.name.as_str());
-    assert_eq!(commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap(), Change::Added);
-    assert_eq!(commands::veth_add(&root.pins, n, &idx.to_string(), ip("10.0.0.2")).unwrap(), Change::Unchanged);
-    let e = commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.3")).unwrap_err().to_string();
+    assert_eq!(ops::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap(), Change::Added);
+    assert_eq!(ops::veth_add(&root.pins, n, &idx.to_string(), ip("10.0.0.2")).unwrap(), Change::Unchanged);
+    let e = ops::veth_add(&root.pins, n, "dpv0", ip("10.0.0.3")).unwrap_err().to_string();
     assert!(e.contains("already registered"), "{e}");
-    let e = commands::veth_add(&root.pins, n, "dpv9", ip("10.0.9.2")).unwrap_err().to_string();
+    let e = ops::veth_add(&root.pins, n, "dpv9", ip("10.0.9.2")).unwrap_err().to_string();
     assert!(e.contains("no IPv4 address"), "a veth without an address cannot host the proxy: {e}");
-    let v = commands::veth_get(&root.pins, n, "dpv0").unwrap();
+    let v = ops::veth_get(&root.pins, n, "dpv0").unwrap();
     assert_eq!((v.ifindex, v.ctr_ip, v.host_ip, v.host_mac), (idx, ip("10.0.0.2"), ip("10.0.0.1"), mac));
     let raw = datapath::maps::open(&root.pins, "veths").unwrap();
     let bytes = raw.lookup(&idx.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
@@ -113,47 +113,47 @@ fn veth_snat_and_proxy_config() {
     want.extend(b"dpv0\0\0\0\0\0\0\0\0\0\0\0\0");
     assert_eq!(bytes, want, "veth_info bytes");
     assert_eq!(VethMap::open(&root.pins).unwrap().list().unwrap().len(), 1);
-    assert_eq!(commands::veth_del(&root.pins, n, "dpv0").unwrap(), Change::Deleted);
-    assert_eq!(commands::veth_del(&root.pins, n, "dpv0").unwrap(), Change::Absent);
-    assert_eq!(commands::veth_del(&root.pins, n, "nosuchif").unwrap(), Change::Absent);
+    assert_eq!(ops::veth_del(&root.pins, n, "dpv0").unwrap(), Change::Deleted);
+    assert_eq!(ops::veth_del(&root.pins, n, "dpv0").unwrap(), Change::Absent);
+    assert_eq!(ops::veth_del(&root.pins, n, "nosuchif").unwrap(), Change::Absent);
 
-    assert!(commands::snat_get(&root.pins).is_err(), "no external address before `map snat set`");
-    commands::snat_set(&root.pins, n, ip("198.51.100.1"), "dpv0").unwrap();
-    let e = commands::snat_get(&root.pins).unwrap();
+    assert!(ops::snat_get(&root.pins).is_err(), "no external address before `map snat set`");
+    ops::snat_set(&root.pins, n, ip("198.51.100.1"), "dpv0").unwrap();
+    let e = ops::snat_get(&root.pins).unwrap();
     assert_eq!((e.ext_ip, e.ext_ifindex), (ip("198.51.100.1"), idx));
     let raw = datapath::maps::open(&root.pins, "snat_cfg").unwrap();
     let mut want = vec![198, 51, 100, 1];
     want.extend(idx.to_ne_bytes());
     assert_eq!(raw.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap(), want);
-    assert_eq!(commands::snat_del(&root.pins).unwrap(), Change::Deleted);
-    assert_eq!(commands::snat_del(&root.pins).unwrap(), Change::Absent);
+    assert_eq!(ops::snat_del(&root.pins).unwrap(), Change::Deleted);
+    assert_eq!(ops::snat_del(&root.pins).unwrap(), Change::Absent);
 
     // Proxy ports: defaults, then set by load, kept by a later plain load.
     let cfg = datapath::maps::open(&root.pins, "proxy_cfg").unwrap();
     let bytes = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
     assert_eq!(bytes, vec![0x23, 0x5d, 0x23, 0x78, 0x23, 0x97, 0, 0], "9053, 9080, 9111 in network order");
-    let opts = commands::LoadOptions { dns: Some(5353), http: None, tcp: Some(1080) };
-    commands::load(&root.pins, opts).unwrap();
-    commands::load(&root.pins, Default::default()).unwrap();
+    let opts = ops::LoadOptions { dns: Some(5353), http: None, tcp: Some(1080) };
+    ops::load(&root.pins, opts).unwrap();
+    ops::load(&root.pins, Default::default()).unwrap();
     let p = datapath::maps::proxy_ports_get(&cfg).unwrap().unwrap();
     assert_eq!((p.dns, p.http, p.tcp), (5353, 9080, 1080));
 
     // A veth deleted before it was unregistered is still found by name...
-    commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
+    ops::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
     ns.ip("link del dpv0");
-    assert_eq!(commands::veth_del(&root.pins, n, "dpv0").unwrap(), Change::Deleted);
+    assert_eq!(ops::veth_del(&root.pins, n, "dpv0").unwrap(), Change::Deleted);
     assert!(VethMap::open(&root.pins).unwrap().list().unwrap().is_empty());
     // ...and an entry whose index the kernel reused for another veth is
     // replaced, not inherited.
     ns.ip("link add dpv0 type veth peer name dpc0");
     ns.ip("addr add 10.0.0.1/32 dev dpv0");
-    commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
+    ops::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
     let (reused, _) = ns.iface("dpv0");
-    let stale = datapath::bpf::types::veth_info::new(ip("10.0.7.2"), ip("10.0.7.1"), [2, 0, 0, 0, 0, 7]).with_name("oldveth");
+    let stale = datapath::abi::types::veth_info::new(ip("10.0.7.2"), ip("10.0.7.1"), [2, 0, 0, 0, 0, 7]).with_name("oldveth");
     let raw = datapath::maps::open(&root.pins, "veths").unwrap();
-    raw.update(&reused.to_ne_bytes(), datapath::bpf::bytes_of(&stale), MapFlags::ANY).unwrap();
-    assert_eq!(commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap(), Change::Added);
-    assert_eq!(commands::veth_get(&root.pins, n, "dpv0").unwrap().ctr_ip, ip("10.0.0.2"));
+    raw.update(&reused.to_ne_bytes(), datapath::abi::bytes_of(&stale), MapFlags::ANY).unwrap();
+    assert_eq!(ops::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap(), Change::Added);
+    assert_eq!(ops::veth_get(&root.pins, n, "dpv0").unwrap().ctr_ip, ip("10.0.0.2"));
 }
 
 #[test]
@@ -166,7 +166,7 @@ fn load_again_keeps_every_entry() {
     ns.ip("link add dpv0 type veth peer name dpc0");
     ns.ip("addr add 10.0.0.1/32 dev dpv0");
     let n = Some(ns.name.as_str());
-    commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
+    ops::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
     for port in 30001..30101u16 {
         let a = DnatAdd {
             host_port: port,
@@ -176,21 +176,21 @@ fn load_again_keeps_every_entry() {
             proto: Proto::Tcp,
             to_port: port - 30000,
         };
-        commands::dnat_add(&root.pins, n, &a).unwrap();
+        ops::dnat_add(&root.pins, n, &a).unwrap();
     }
     let flows = datapath::maps::open(&root.pins, "proxy_flows").unwrap();
     let k = types::ctr_endpoint::new(ip("10.0.0.2"), 40000, Proto::Tcp);
     let v = types::flow_orig::new(ip("192.0.2.1"), 443, ip("10.0.0.1"), 9111);
     flows.update(bytes_of(&k), bytes_of(&v), MapFlags::ANY).unwrap();
-    let before = (commands::dnat_list(&root.pins).unwrap(), commands::veth_list(&root.pins).unwrap());
-    let ids_before = commands::status(&root.pins).unwrap().programs.iter().map(|p| p.id).collect::<Vec<_>>();
+    let before = (ops::dnat_list(&root.pins).unwrap(), ops::veth_list(&root.pins).unwrap());
+    let ids_before = ops::status(&root.pins).unwrap().programs.iter().map(|p| p.id).collect::<Vec<_>>();
     for _ in 0..3 {
-        let r = commands::load(&root.pins, Default::default()).unwrap();
+        let r = ops::load(&root.pins, Default::default()).unwrap();
         assert!(r.maps_created.is_empty(), "a reload must reuse every pinned map, created {:?}", r.maps_created);
     }
-    let after = (commands::dnat_list(&root.pins).unwrap(), commands::veth_list(&root.pins).unwrap());
+    let after = (ops::dnat_list(&root.pins).unwrap(), ops::veth_list(&root.pins).unwrap());
     assert_eq!(before, after);
     assert_eq!(datapath::maps::flows(&flows).unwrap().len(), 1, "proxied flows survive a reload");
-    let ids_after = commands::status(&root.pins).unwrap().programs.iter().map(|p| p.id).collect::<Vec<_>>();
+    let ids_after = ops::status(&root.pins).unwrap().programs.iter().map(|p| p.id).collect::<Vec<_>>();
     assert!(ids_before.iter().zip(&ids_after).all(|(a, b)| a != b), "programs were replaced");
 }

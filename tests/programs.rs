@@ -9,9 +9,9 @@ use std::net::Ipv4Addr;
 
 use common::packet::{self, arp, ipv6_udp, Pkt};
 use common::*;
-use datapath::bpf::Proto;
-use datapath::commands::{self, DnatAdd};
-use datapath::netns::NetnsGuard;
+use datapath::abi::Proto;
+use datapath::ops::{self, DnatAdd};
+use datapath::net::netns::NetnsGuard;
 
 const CTR0: [u8; 6] = [0x02, 0xc0, 0, 0, 0, 0x02];
 const CTR1: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x02];
@@ -39,7 +39,7 @@ struct Env {
 
 fn publish(e: &TestRoot, ns: &TestNs, port: u16, ctr: &str, veth: &str, mac: [u8; 6], proto: Proto, to: u16) {
     let a = DnatAdd { host_port: port, ctr_ip: ip(ctr), veth: veth.into(), ctr_mac: mac, proto, to_port: to };
-    commands::dnat_add(&e.pins, Some(&ns.name), &a).expect("map dnat add");
+    ops::dnat_add(&e.pins, Some(&ns.name), &a).expect("map dnat add");
 }
 
 fn env() -> Env {
@@ -53,9 +53,9 @@ fn env() -> Env {
     ns.ip("link add dpext type veth peer name dpextp");
     ns.ip("link set dpext up");
     let n = Some(ns.name.as_str());
-    commands::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
-    commands::veth_add(&root.pins, n, "dpv1", ip("10.0.1.2")).unwrap();
-    commands::snat_set(&root.pins, n, ext_ip(), "dpext").unwrap();
+    ops::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
+    ops::veth_add(&root.pins, n, "dpv1", ip("10.0.1.2")).unwrap();
+    ops::snat_set(&root.pins, n, ext_ip(), "dpext").unwrap();
     publish(&root, &ns, 30001, "10.0.0.2", "dpv0", CTR0, Proto::Tcp, 25565);
     publish(&root, &ns, 30002, "10.0.0.2", "dpv0", CTR0, Proto::Udp, 19132);
     publish(&root, &ns, 30003, "10.0.1.2", "dpv1", CTR1, Proto::Tcp, 25565);
@@ -210,7 +210,7 @@ fn snat_fixtures() {
     }
     let env = env();
     let (v0, v1, v2) = (env.v0.0, env.v1.0, env.v2.0);
-    assert_eq!(commands::snat_get(&env.root.pins).unwrap().ext_ifindex, env.ext.0);
+    assert_eq!(ops::snat_get(&env.root.pins).unwrap().ext_ifindex, env.ext.0);
     let from0 = |p: Pkt| p.macs(CTR0, env.v0.1);
     let reply = from0(Pkt::tcp((ip("10.0.0.2"), 25565), (player(), 40000)));
     let mut reply_out = reply.clone();
@@ -251,10 +251,10 @@ fn snat_fixtures() {
     // to the proxy (tproxy recorded it); the rest of that connection is
     // handed on too, while replies to players still leave as replies.
     let flows = datapath::maps::open(&env.root.pins, "proxy_flows").unwrap();
-    let k = datapath::bpf::types::ctr_endpoint::new(ip("10.0.0.2"), 25565, Proto::Tcp);
-    let o = datapath::bpf::types::flow_orig::new(ip("192.0.2.9"), 7777, ip("10.0.0.1"), 9111);
+    let k = datapath::abi::types::ctr_endpoint::new(ip("10.0.0.2"), 25565, Proto::Tcp);
+    let o = datapath::abi::types::flow_orig::new(ip("192.0.2.9"), 7777, ip("10.0.0.1"), 9111);
     use libbpf_rs::MapCore;
-    flows.update(datapath::bpf::bytes_of(&k), datapath::bpf::bytes_of(&o), libbpf_rs::MapFlags::ANY).unwrap();
+    flows.update(datapath::abi::bytes_of(&k), datapath::abi::bytes_of(&o), libbpf_rs::MapFlags::ANY).unwrap();
     let proxied = from0(Pkt::tcp((ip("10.0.0.2"), 25565), (ip("192.0.2.9"), 7777)));
     run_table(&env, vec![
         Fx { name: "proxied connection from the published port is handed on", prog: "snat", ifindex: v0, input: proxied.build(), verdict: TC_ACT_UNSPEC, output: None, counters: d("snat/handed_on") },
@@ -262,7 +262,7 @@ fn snat_fixtures() {
     ]);
 
     // With the external address cleared, replies are dropped and counted.
-    commands::snat_del(&env.root.pins).unwrap();
+    ops::snat_del(&env.root.pins).unwrap();
     run_table(&env, vec![Fx {
         name: "reply without an external address",
         prog: "snat",

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use datapath::commands;
-use datapath::pins::PinRoot;
+use datapath::ops;
+use datapath::kernel::pins::PinRoot;
 
 /// Privileged tests run only with DATAPATH_PRIVILEGED_TESTS=1; then they
 /// must run, so anything missing is a failure, not a skip.
@@ -45,7 +45,7 @@ impl TestRoot {
     pub fn loaded() -> Self {
         let root = PinRoot::new(PathBuf::from("/sys/fs/bpf").join(unique("dpt")));
         let me = Self { pins: root };
-        commands::load(&me.pins, Default::default()).expect("datapathctl load into the test pin root");
+        ops::load(&me.pins, Default::default()).expect("datapathctl load into the test pin root");
         me
     }
 
@@ -56,7 +56,7 @@ impl TestRoot {
 
 impl Drop for TestRoot {
     fn drop(&mut self) {
-        if let Err(e) = commands::unload(&self.pins) {
+        if let Err(e) = ops::unload(&self.pins) {
             eprintln!("unloading test pin root {}: {e:#}", self.pins.root().display());
             let _ = std::fs::remove_dir_all(self.pins.root());
         }
@@ -91,8 +91,8 @@ impl TestNs {
 
     /// Interface index and MAC of an interface in this namespace.
     pub fn iface(&self, name: &str) -> (u32, [u8; 6]) {
-        let _g = datapath::netns::NetnsGuard::enter(Some(&self.name)).unwrap();
-        (datapath::netif::index_of(name).unwrap(), datapath::netif::mac_of(name).unwrap())
+        let _g = datapath::net::netns::NetnsGuard::enter(Some(&self.name)).unwrap();
+        (datapath::net::netif::index_of(name).unwrap(), datapath::net::netif::mac_of(name).unwrap())
     }
 }
 
@@ -104,7 +104,7 @@ impl Drop for TestNs {
 
 /// Opens a pinned program.
 pub fn prog_fd(root: &TestRoot, name: &str) -> OwnedFd {
-    datapath::attach::obj_get(&root.pins.prog(name)).expect("pinned program")
+    datapath::kernel::attach::obj_get(&root.pins.prog(name)).expect("pinned program")
 }
 
 pub const TC_ACT_UNSPEC: i32 = -1;

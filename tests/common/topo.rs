@@ -27,7 +27,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use datapath::netns::NetnsGuard;
+use datapath::net::netns::NetnsGuard;
 use nix::libc;
 
 use super::unique;
@@ -212,7 +212,7 @@ pub fn snmp(ns: &str, group: &str, field: &str) -> u64 {
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    datapath::netif::format_mac(mac)
+    datapath::net::netif::format_mac(mac)
 }
 
 // ---------------------------------------------------------------------------
@@ -333,8 +333,8 @@ impl Topo {
         }
         wait_up(&ns, "eth0");
         wait_up(&self.host, &veth);
-        let mac = within(&ns, || datapath::netif::mac_of("eth0").expect("container MAC"));
-        let host_mac = within(&self.host, || datapath::netif::mac_of(&veth).expect("host veth MAC"));
+        let mac = within(&ns, || datapath::net::netif::mac_of("eth0").expect("container MAC"));
+        let host_mac = within(&self.host, || datapath::net::netif::mac_of(&veth).expect("host veth MAC"));
         if register {
             self.ctl.run(&["-n", &self.host, "map", "veth", "add", &veth, &ctr_ip.to_string()]);
         }
@@ -381,7 +381,7 @@ impl Topo {
     /// Creates the proxy's cgroup under the cgroup v2 mount and attaches
     /// getsockopt to it.
     pub fn proxy_cgroup(&mut self) -> PathBuf {
-        let root = datapath::attach::cgroup2_root().expect("cgroup v2 mount");
+        let root = datapath::kernel::attach::cgroup2_root().expect("cgroup v2 mount");
         let dir = root.join(format!("dpe{}", self.id));
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
         self.cgroup = Some(dir.clone());

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
 
-use crate::bpf::{bytes_of, from_bytes, types};
-use crate::loader::Datapath;
-use crate::netns::{self, NetnsGuard};
-use crate::netif;
-use crate::pins::PinRoot;
+use crate::abi::{bytes_of, from_bytes, types};
+use crate::kernel::loader::Datapath;
+use crate::net::netns::{self, NetnsGuard};
+use crate::net::netif;
+use crate::kernel::pins::PinRoot;
 
 /// Handle of every filter datapathctl installs; priorities set the order.
 pub const TC_HANDLE: u32 = 0xd47a;
@@ -166,7 +166,7 @@ impl Records {
         v.flags = flags;
         self.map.update(bytes_of(&key), bytes_of(&v), MapFlags::ANY).map_err(|e| {
             if e.kind() == ErrorKind::TooBig {
-                anyhow::anyhow!("map attachments is full ({} entries)", crate::bpf::capacity::ATTACHMENTS)
+                anyhow::anyhow!("map attachments is full ({} entries)", crate::abi::capacity::ATTACHMENTS)
             } else {
                 anyhow::Error::new(e).context("recording the attachment")
             }

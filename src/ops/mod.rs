@@ -9,13 +9,13 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::MapCore;
 use serde::Serialize;
 
-use crate::attach::{self, Kind, Records};
-use crate::bpf::{Proto, PROG_NAMES};
-use crate::loader::{Datapath, Objects};
+use crate::kernel::attach::{self, Kind, Records};
+use crate::abi::{Proto, PROG_NAMES};
+use crate::kernel::loader::{Datapath, Objects};
 use crate::maps::{self, Change, DnatMaps, External, ProxyPorts, Published, SnatConfig, Veth, VethMap};
-use crate::netif;
-use crate::netns::NetnsGuard;
-use crate::pins::PinRoot;
+use crate::net::netif;
+use crate::net::netns::NetnsGuard;
+use crate::kernel::pins::PinRoot;
 
 /// Proxy ports given to `load`; unset ones keep their current value.
 #[derive(Default, Clone, Copy, Debug)]
@@ -42,7 +42,7 @@ pub fn load(pins: &PinRoot, opts: LoadOptions) -> Result<LoadReport> {
     let result = pins.lock().and_then(|_lock| load_inner(pins, opts));
     if result.is_err() {
         // A refused load leaves no directory behind that it made.
-        crate::pins::remove_dirs(&created);
+        crate::kernel::pins::remove_dirs(&created);
     }
     result
 }

@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
 
-use crate::bpf::{bytes_of, from_bytes, types, Proto};
-use crate::pins::PinRoot;
+use crate::abi::{bytes_of, from_bytes, types, Proto};
+use crate::kernel::pins::PinRoot;
 
 /// Opens a pinned map by name, with the error a user needs.
 pub fn open(pins: &PinRoot, name: &str) -> Result<MapHandle> {
@@ -77,7 +77,7 @@ pub struct Published {
 }
 
 fn ser_mac<S: serde::Serializer>(mac: &[u8; 6], s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::netif::format_mac(mac))
+    s.serialize_str(&crate::net::netif::format_mac(mac))
 }
 
 impl serde::Serialize for Proto {
@@ -116,7 +116,7 @@ impl Published {
             self.proto,
             self.ctr_ip,
             self.ctr_port,
-            crate::netif::format_mac(&self.ctr_mac),
+            crate::net::netif::format_mac(&self.ctr_mac),
             self.veth_ifindex
         )
     }
@@ -214,13 +214,13 @@ impl DnatMaps {
             self.snat.update(bytes_of(&rkey), bytes_of(&rval), MapFlags::EXIST).context("updating map snat_ports")?;
             claimed = false;
         } else if let Err(e) = self.snat.update(bytes_of(&rkey), bytes_of(&rval), MapFlags::NO_EXIST) {
-            return Err(full_or(e, "snat_ports", crate::bpf::capacity::PUBLISHED));
+            return Err(full_or(e, "snat_ports", crate::abi::capacity::PUBLISHED));
         }
         if let Err(e) = self.dnat.update(bytes_of(&p.key()), bytes_of(&p.value()), MapFlags::NO_EXIST) {
             if claimed {
                 let _ = delete(&self.snat, &rkey);
             }
-            return Err(full_or(e, "dnat_ports", crate::bpf::capacity::PUBLISHED));
+            return Err(full_or(e, "dnat_ports", crate::abi::capacity::PUBLISHED));
         }
         Ok(Change::Added)
     }
@@ -276,7 +276,7 @@ impl DnatMaps {
         }
         self.snat
             .update(bytes_of(&rkey), bytes_of(&rval), MapFlags::ANY)
-            .map_err(|e| full_or(e, "snat_ports", crate::bpf::capacity::PUBLISHED))
+            .map_err(|e| full_or(e, "snat_ports", crate::abi::capacity::PUBLISHED))
     }
 
     /// Unpublishes a port; deleting what is not there succeeds.
@@ -372,7 +372,7 @@ impl VethMap {
                 v.ifindex,
                 cur.ctr_ip,
                 cur.host_ip,
-                crate::netif::format_mac(&cur.host_mac)
+                crate::net::netif::format_mac(&cur.host_mac)
             );
         }
         match self.map.update(bytes_of(&v.ifindex), bytes_of(&val), MapFlags::NO_EXIST) {
@@ -380,7 +380,7 @@ impl VethMap {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 bail!("veth ifindex {} was registered by another command meanwhile", v.ifindex)
             }
-            Err(e) => Err(full_or(e, "veths", crate::bpf::capacity::VETHS)),
+            Err(e) => Err(full_or(e, "veths", crate::abi::capacity::VETHS)),
         }
     }
 
@@ -519,7 +519,7 @@ pub struct Counter {
 
 /// Reads every counter of the `stats` map, named from the programs' BTF.
 pub fn read_stats(map: &MapHandle) -> Result<Vec<Counter>> {
-    let names = crate::bpf::stat_names()?;
+    let names = crate::abi::stat_names()?;
     let mut out = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         let per_cpu = map
@@ -532,7 +532,7 @@ pub fn read_stats(map: &MapHandle) -> Result<Vec<Counter>> {
             packets += c.packets;
             bytes += c.bytes;
         }
-        let (program, reason) = crate::bpf::split_stat_name(name);
+        let (program, reason) = crate::abi::split_stat_name(name);
         out.push(Counter { program, reason, packets, bytes });
     }
     Ok(out)

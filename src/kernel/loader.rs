@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapHandle, OpenObject, Program};
 
-use crate::bpf::{arp, dnat, snat, tproxy};
-use crate::pins::PinRoot;
+use crate::abi::{arp, dnat, snat, tproxy};
+use crate::kernel::pins::PinRoot;
 
 /// Storage for the open objects; owned by the caller, borrowed by
 /// [`Datapath`].
@@ -118,7 +118,7 @@ impl<'obj> Datapath<'obj> {
     /// Pins every program, replacing older pins atomically: pin beside,
     /// then rename over (bpffs supports rename).
     pub fn pin_programs(&self, pins: &PinRoot) -> Result<()> {
-        for name in crate::bpf::PROG_NAMES {
+        for name in crate::abi::PROG_NAMES {
             let path = pins.prog(name);
             // bpffs refuses names with a dot in them.
             let tmp = pins.progs_dir().join(format!("{name}_new"));

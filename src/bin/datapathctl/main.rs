@@ -9,12 +9,12 @@ use anyhow::{bail, Result};
 use clap::{ArgAction, Parser, Subcommand};
 use serde::Serialize;
 
-use datapath::attach::Kind;
-use datapath::bpf::Proto;
-use datapath::commands::{self, DnatAdd, LoadOptions};
+use datapath::kernel::attach::Kind;
+use datapath::abi::Proto;
+use datapath::ops::{self, DnatAdd, LoadOptions};
 use datapath::maps::Change;
-use datapath::netif;
-use datapath::pins::{PinRoot, DEFAULT_PIN_ROOT};
+use datapath::net::netif;
+use datapath::kernel::pins::{PinRoot, DEFAULT_PIN_ROOT};
 
 /// Loads, attaches and manages the datapath's eBPF programs and maps.
 #[derive(Parser, Debug)]
@@ -295,7 +295,7 @@ fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     match cli.cmd {
         Cmd::Load { proxy_dns_port, proxy_http_port, proxy_tcp_port } => {
-            let r = commands::load(
+            let r = ops::load(
                 &pins,
                 LoadOptions { dns: proxy_dns_port, http: proxy_http_port, tcp: proxy_tcp_port },
             )?;
@@ -308,24 +308,24 @@ fn run(cli: Cli) -> Result<()> {
                 )
             })
         }
-        Cmd::Unload => commands::unload(&pins).and_then(|()| ok(json)),
+        Cmd::Unload => ops::unload(&pins).and_then(|()| ok(json)),
         Cmd::Attach { what } => match what {
-            AttachCmd::Dnat { iface } => commands::attach_tc(&pins, ns, Kind::Dnat, &iface),
-            AttachCmd::Host { iface } => commands::attach_tc(&pins, ns, Kind::Host, &iface),
-            AttachCmd::Getsockopt { cgroup } => commands::attach_getsockopt(&pins, cgroup.as_deref()),
+            AttachCmd::Dnat { iface } => ops::attach_tc(&pins, ns, Kind::Dnat, &iface),
+            AttachCmd::Host { iface } => ops::attach_tc(&pins, ns, Kind::Host, &iface),
+            AttachCmd::Getsockopt { cgroup } => ops::attach_getsockopt(&pins, cgroup.as_deref()),
         }
         .and_then(|()| ok(json)),
         Cmd::Detach { what } => match what {
-            AttachCmd::Dnat { iface } => commands::detach_tc(&pins, ns, Kind::Dnat, &iface),
-            AttachCmd::Host { iface } => commands::detach_tc(&pins, ns, Kind::Host, &iface),
-            AttachCmd::Getsockopt { cgroup } => commands::detach_getsockopt(&pins, cgroup.as_deref()),
+            AttachCmd::Dnat { iface } => ops::detach_tc(&pins, ns, Kind::Dnat, &iface),
+            AttachCmd::Host { iface } => ops::detach_tc(&pins, ns, Kind::Host, &iface),
+            AttachCmd::Getsockopt { cgroup } => ops::detach_getsockopt(&pins, cgroup.as_deref()),
         }
         .and_then(|()| ok(json)),
         Cmd::Map { map } => match map {
             MapCmd::Dnat { op } => match op {
                 DnatCmd::Add { from_file: Some(file), .. } => {
                     let lines = read_dnat_lines(&file)?;
-                    let added = commands::dnat_add_batch(&pins, ns, &lines)?;
+                    let added = ops::dnat_add_batch(&pins, ns, &lines)?;
                     if json {
                         println!("{}", serde_json::json!({ "result": "ok", "lines": lines.len(), "added": added }));
                     }
@@ -338,36 +338,36 @@ fn run(cli: Cli) -> Result<()> {
                         bail!("map dnat add needs HOST-PORT CTR-IP VETH CTR-MAC or --from-file");
                     };
                     let a = DnatAdd { host_port, ctr_ip, veth, ctr_mac, proto, to_port };
-                    change(json, commands::dnat_add(&pins, ns, &a)?)
+                    change(json, ops::dnat_add(&pins, ns, &a)?)
                 }
-                DnatCmd::Del { host_port, proto } => change(json, commands::dnat_del(&pins, host_port, proto)?),
+                DnatCmd::Del { host_port, proto } => change(json, ops::dnat_del(&pins, host_port, proto)?),
                 DnatCmd::Get { host_port, proto } => {
-                    print(json, &commands::dnat_get(&pins, host_port, proto)?, |p| p.describe())
+                    print(json, &ops::dnat_get(&pins, host_port, proto)?, |p| p.describe())
                 }
-                DnatCmd::List => print(json, &commands::dnat_list(&pins)?, |l| {
+                DnatCmd::List => print(json, &ops::dnat_list(&pins)?, |l| {
                     l.iter().map(|p| p.describe()).collect::<Vec<_>>().join("\n")
                 }),
             },
             MapCmd::Snat { op } => match op {
                 SnatCmd::Set { ext_ip, ext_if } => {
-                    commands::snat_set(&pins, ns, ext_ip, &ext_if).and_then(|()| ok(json))
+                    ops::snat_set(&pins, ns, ext_ip, &ext_if).and_then(|()| ok(json))
                 }
-                SnatCmd::Get => print(json, &commands::snat_get(&pins)?, |e| {
+                SnatCmd::Get => print(json, &ops::snat_get(&pins)?, |e| {
                     format!("external {} ifindex {}", e.ext_ip, e.ext_ifindex)
                 }),
-                SnatCmd::Del => change(json, commands::snat_del(&pins)?),
+                SnatCmd::Del => change(json, ops::snat_del(&pins)?),
             },
             MapCmd::Veth { op } => match op {
-                VethCmd::Add { veth, ctr_ip } => change(json, commands::veth_add(&pins, ns, &veth, ctr_ip)?),
-                VethCmd::Del { veth } => change(json, commands::veth_del(&pins, ns, &veth)?),
-                VethCmd::Get { veth } => print(json, &commands::veth_get(&pins, ns, &veth)?, describe_veth),
-                VethCmd::List => print(json, &commands::veth_list(&pins)?, |l| {
+                VethCmd::Add { veth, ctr_ip } => change(json, ops::veth_add(&pins, ns, &veth, ctr_ip)?),
+                VethCmd::Del { veth } => change(json, ops::veth_del(&pins, ns, &veth)?),
+                VethCmd::Get { veth } => print(json, &ops::veth_get(&pins, ns, &veth)?, describe_veth),
+                VethCmd::List => print(json, &ops::veth_list(&pins)?, |l| {
                     l.iter().map(describe_veth).collect::<Vec<_>>().join("\n")
                 }),
             },
         },
-        Cmd::Status => print(json, &commands::status(&pins)?, describe_status),
-        Cmd::Stats => print(json, &commands::stats(&pins)?, |l| {
+        Cmd::Status => print(json, &ops::status(&pins)?, describe_status),
+        Cmd::Stats => print(json, &ops::stats(&pins)?, |l| {
             let mut s = format!("{:<16} {:<20} {:>14} {:>16}", "PROGRAM", "REASON", "PACKETS", "BYTES");
             for c in l {
                 s.push_str(&format!("\n{:<16} {:<20} {:>14} {:>16}", c.program, c.reason, c.packets, c.bytes));
@@ -440,7 +440,7 @@ fn describe_veth(v: &datapath::maps::Veth) -> String {
     )
 }
 
-fn describe_status(s: &commands::Status) -> String {
+fn describe_status(s: &ops::Status) -> String {
     if !s.loaded {
         return format!("not loaded (pin root {})", s.pin_root);
     }

@@ -1,0 +1,4 @@
+//! Interfaces and network namespaces.
+
+pub mod netif;
+pub mod netns;
