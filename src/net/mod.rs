@@ -1,4 +1,5 @@
-//! Interfaces and network namespaces.
+//! Interfaces, network namespaces and rtnetlink.
 
 pub mod netif;
 pub mod netns;
+pub mod rtnl;

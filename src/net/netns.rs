@@ -1,10 +1,12 @@
-//! Entering a named network namespace (`-n NAME`, like `ip -n`).
+//! Entering a network namespace given by name (`-n NAME`, like `ip -n`)
+//! or by path (`/run/netns/NAME`, `/proc/PID/ns/net`).
 //!
 //! Only the calling thread moves (setns(2) with CLONE_NEWNET is per
 //! thread); the mount namespace, and so bpffs, stays the same.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use nix::sched::{setns, CloneFlags};
@@ -21,15 +23,37 @@ impl NetnsGuard {
             return Ok(Self { orig: None });
         };
         validate_name(name)?;
-        let orig = File::open("/proc/thread-self/ns/net")
-            .context("opening the current network namespace")?;
         let path = format!("/run/netns/{name}");
         let target = File::open(&path)
             .with_context(|| format!("network namespace '{name}' not found ({path})"))?;
-        setns(&target, CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering network namespace '{name}'"))?;
+        Self::enter_file(&target).with_context(|| format!("entering network namespace '{name}'"))
+    }
+
+    /// Enters the network namespace at `path` (`/run/netns/NAME`,
+    /// `/proc/PID/ns/net`).
+    pub fn enter_path(path: &Path) -> Result<Self> {
+        let target = File::open(path)
+            .with_context(|| format!("network namespace {} not found", path.display()))?;
+        Self::enter_file(&target).with_context(|| format!("entering network namespace {}", path.display()))
+    }
+
+    /// Enters the network namespace of an open namespace file.
+    pub fn enter_file(target: &File) -> Result<Self> {
+        let orig = File::open("/proc/thread-self/ns/net")
+            .context("opening the current network namespace")?;
+        setns(target, CloneFlags::CLONE_NEWNET)?;
         Ok(Self { orig: Some(orig) })
     }
+}
+
+/// The path of a network namespace given by name (`/run/netns/NAME`) or
+/// by absolute path.
+pub fn path_of(spec: &str) -> Result<PathBuf> {
+    if spec.starts_with('/') {
+        return Ok(PathBuf::from(spec));
+    }
+    validate_name(spec)?;
+    Ok(Path::new("/run/netns").join(spec))
 }
 
 impl Drop for NetnsGuard {
