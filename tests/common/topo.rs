@@ -28,6 +28,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use datapath::net::netns::NetnsGuard;
+use datapath::net::rtnl::{Route, RouteScope, Rtnl};
+use datapath::net::wiring::{self, Wiring};
 use nix::libc;
 
 use super::unique;
@@ -295,8 +297,8 @@ impl Topo {
     }
 
     /// Adds container `i` (the next index) as a provisioning script would:
-    /// namespace, veth pair, addresses and routes, `map veth add`,
-    /// `attach host`. With `gateway` false its default route has no
+    /// namespace, veth pair, addresses and routes (`net::wiring`), `map
+    /// veth add`, `attach host`. With `gateway` false its default route has no
     /// gateway, so it ARPs for every destination.
     pub fn add_container(&mut self, gateway: bool) -> usize {
         self.wire_container(gateway, true)
@@ -318,23 +320,23 @@ impl Topo {
         ip(&format!("netns add {ns}"));
         self.namespaces.push(ns.clone());
         ip(&format!("-n {ns} link set lo up"));
-        ip(&format!("-n {} link add {veth} type veth peer name eth0 netns {ns}", self.host));
+        // The product's own wiring: veth pair, addresses, routes.
+        let mut w = Wiring::new(&ns, Path::new("/run/netns").join(&ns), ctr_ip);
+        w.host_ifname = veth.clone();
+        w.gateway4 = gw;
+        let wired = within(&self.host, || wiring::wire(&w)).unwrap_or_else(|e| panic!("wiring {veth}: {e}"));
         self.links.push((self.host.clone(), veth.clone()));
-        ip(&format!("-n {ns} addr add {ctr_ip}/32 dev eth0"));
-        ip(&format!("-n {ns} link set eth0 up"));
-        ip(&format!("-n {} addr add {gw}/32 dev {veth}", self.host));
-        ip(&format!("-n {} link set {veth} up", self.host));
-        ip(&format!("-n {} route add {ctr_ip}/32 dev {veth}", self.host));
-        if gateway {
-            ip(&format!("-n {ns} route add {gw}/32 dev eth0"));
-            ip(&format!("-n {ns} route add default via {gw} dev eth0"));
-        } else {
-            ip(&format!("-n {ns} route add default dev eth0"));
+        if !gateway {
+            let mut nl = Rtnl::open_in(&w.netns).expect("rtnetlink in the container");
+            let eth0 = wired.ctr.index;
+            nl.del_route(&Route::default_via(gw.into(), eth0)).expect("removing the default route");
+            nl.del_route(&Route::to_gateway(gw.into(), eth0)).expect("removing the route to the gateway");
+            let on_link = Route { gateway: None, scope: RouteScope::Link, ..Route::default_via(gw.into(), eth0) };
+            nl.add_route(&on_link).expect("default route on the link");
         }
         wait_up(&ns, "eth0");
         wait_up(&self.host, &veth);
-        let mac = within(&ns, || datapath::net::netif::mac_of("eth0").expect("container MAC"));
-        let host_mac = within(&self.host, || datapath::net::netif::mac_of(&veth).expect("host veth MAC"));
+        let (mac, host_mac) = (wired.ctr.mac.expect("container MAC"), wired.host.mac.expect("host veth MAC"));
         if register {
             self.ctl.run(&["-n", &self.host, "map", "veth", "add", &veth, &ctr_ip.to_string()]);
         }
