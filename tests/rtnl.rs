@@ -303,7 +303,16 @@ fn routes_are_added_listed_and_deleted() {
     for r in &routes {
         h.add_route(r).unwrap_or_else(|e| panic!("adding {r}: {e}"));
     }
-    let (got4, got6) = (h.routes(false).unwrap(), h.routes(true).unwrap());
+    let (got4, got6) = (h.routes(false, None).unwrap(), h.routes(true, None).unwrap());
+    assert_eq!(h.routes(false, Some(i)).unwrap(), got4, "every IPv4 route is through that link");
+    let other = h.create_veth(&VethPair { name: &unique("rt"), peer: &unique("ru"), peer_netns: None, mtu: None });
+    let other = other.unwrap().index;
+    h.set_up(other, true).unwrap();
+    h.add_route(&Route::host(v4("10.46.9.9").into(), other)).unwrap();
+    let via_other = h.routes(false, Some(other)).unwrap();
+    assert_eq!(via_other, vec![Route::host(v4("10.46.9.9").into(), other)], "filtered by link");
+    assert!(!h.routes(false, Some(i)).unwrap().iter().any(|r| r.oif == Some(other)));
+    assert!(h.del_route(&via_other[0]).unwrap());
     for r in &routes {
         let got = if r.dst.is_ipv6() { &got6 } else { &got4 };
         let found = got.iter().find(|x| x.dst == r.dst && x.gateway == r.gateway && x.oif == r.oif);
@@ -338,7 +347,7 @@ fn routes_are_added_listed_and_deleted() {
         assert!(!h.del_route(r).unwrap(), "{r} is gone");
     }
     assert!(ip_routes(&ns, "-4").is_empty(), "{:?}", ip_routes(&ns, "-4"));
-    let left6: Vec<_> = h.routes(true).unwrap().into_iter().filter(|r| r.gateway.is_some() || r.dst.len == 128).collect();
+    let left6: Vec<_> = h.routes(true, None).unwrap().into_iter().filter(|r| r.gateway.is_some() || r.dst.len == 128).collect();
     assert!(left6.is_empty(), "{left6:?}");
 }
 

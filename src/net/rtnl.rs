@@ -222,6 +222,10 @@ impl Rtnl {
         // this device"), and errors that do not echo the whole request.
         sock.set_ext_ack(true).map_err(|e| Error::io(ctx(), e))?;
         sock.set_cap_ack(true).map_err(|e| Error::io(ctx(), e))?;
+        // Dumps filtered by the kernel (addresses of one link, routes of
+        // one table and link), so reading one container's wiring does not
+        // cost a read of every container's.
+        sock.set_netlink_get_strict_chk(true).map_err(|e| Error::io(ctx(), e))?;
         Ok(Self { sock, seq: 0 })
     }
 

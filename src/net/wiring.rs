@@ -511,7 +511,7 @@ pub fn check(w: &Wiring) -> rtnl::Result<Wired> {
         }
     };
     let has_route = |nl: &mut Rtnl, l: &Link, r: Route| -> rtnl::Result<()> {
-        let found = nl.routes(r.dst.is_ipv6())?.into_iter().any(|x| x.dst == r.dst && x.gateway == r.gateway && x.oif == r.oif);
+        let found = nl.routes(r.dst.is_ipv6(), Some(l.index))?.into_iter().any(|x| x.dst == r.dst && x.gateway == r.gateway && x.oif == r.oif);
         if found {
             Ok(())
         } else {

@@ -73,7 +73,9 @@ impl Rtnl {
     /// The addresses of link `index`, or of every link; both families.
     pub fn addrs(&mut self, index: Option<u32>) -> Result<Vec<Addr>> {
         let ctx = || "listing addresses".to_string();
-        let reply = self.exchange(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP, &ctx)?;
+        let mut req = AddressMessage::default();
+        req.header.index = index.unwrap_or(0);
+        let reply = self.exchange(RouteNetlinkMessage::GetAddress(req), NLM_F_DUMP, &ctx)?;
         let mut out = Vec::new();
         for r in &reply {
             let RouteNetlinkMessage::NewAddress(m) = r else { continue };

@@ -183,11 +183,16 @@ impl Rtnl {
         }
     }
 
-    /// The unicast routes of the main table, of one family.
-    pub fn routes(&mut self, v6: bool) -> Result<Vec<Route>> {
+    /// The unicast routes of the main table, of one family, through link
+    /// `oif` or all.
+    pub fn routes(&mut self, v6: bool, oif: Option<u32>) -> Result<Vec<Route>> {
         let ctx = || format!("listing IPv{} routes", if v6 { 6 } else { 4 });
         let mut m = RouteMessage::default();
         m.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        if let Some(oif) = oif {
+            m.attributes.push(RouteAttribute::Oif(oif));
+        }
         let reply = self.exchange(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP, &ctx)?;
         Ok(reply
             .iter()
@@ -195,6 +200,7 @@ impl Rtnl {
                 RouteNetlinkMessage::NewRoute(m) if in_main(m) => Route::from_message(m),
                 _ => None,
             })
+            .filter(|r| oif.is_none() || r.oif == oif)
             .collect())
     }
 }
