@@ -515,12 +515,15 @@ fn assert_failed_cleanly(what: &str, p: &Pair, w: &Wiring, step: Step, kind: Opt
         Ok(_) => panic!("{what}: wire succeeded, expected step {step} to fail"),
         Err(e) => e,
     };
+    eprintln!("{what}: {e}");
     assert_eq!(e.step, step, "{what}: {e}");
     if let Some(k) = kind {
         assert_eq!(e.kind(), k, "{what}: {e}");
     }
     assert!(e.undo_errors.is_empty(), "{what}: {e}");
-    assert!(e.to_string().starts_with(&format!("step {step} failed: ")), "{what}: the message names the step: {e}");
+    let text = e.to_string();
+    assert!(text.starts_with(&format!("wiring {} / ", w.host_ifname)), "{what}: the message names the wiring: {e}");
+    assert!(text.contains(&format!(" failed at step {step}: ")), "{what}: the message names the step: {e}");
     assert_same(&format!("{what}: host"), &host_before, &snapshot(&p.host));
     assert_same(&format!("{what}: container"), &ctr_before, &snapshot(&p.ctr));
 }

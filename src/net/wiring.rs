@@ -254,6 +254,8 @@ pub struct Wired {
 /// it has been undone, except what `undo_errors` lists.
 #[derive(Debug)]
 pub struct WireError {
+    /// Which wiring: "dp-mc1 / eth0 in /run/netns/mc1".
+    pub wiring: String,
     pub step: Step,
     pub error: rtnl::Error,
     /// Steps whose undoing failed (normally empty).
@@ -268,7 +270,7 @@ impl WireError {
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "step {} failed: {}", self.step, self.error)?;
+        write!(f, "wiring {} failed at step {}: {}", self.wiring, self.step, self.error)?;
         for (step, e) in &self.undo_errors {
             write!(f, "; undoing step {step} failed too: {e}")?;
         }
@@ -321,7 +323,9 @@ impl<'a> Wire<'a> {
             Ok(wired) => Ok(wired),
             Err((step, error)) => {
                 let undo_errors = self.undo();
-                Err(WireError { step, error, undo_errors })
+                let w = self.w;
+                let wiring = format!("{} / {} in {}", w.host_ifname, w.ifname, w.netns.display());
+                Err(WireError { wiring: rtnl::cut(&wiring).to_string(), step, error, undo_errors })
             }
         }
     }
@@ -399,8 +403,9 @@ impl<'a> Wire<'a> {
         let r = match &made {
             Made::Veth(_) => unreachable!("the veth pair is made by create_veth"),
             Made::HostUp(i) => host.set_up(*i, true),
-            // A gateway address only this link has: usable at once, no
-            // duplicate address detection (IPv6).
+            // Addresses nothing else on the link can have (the gateway,
+            // the container's own, kept unique by the host route): usable
+            // at once, without duplicate address detection (IPv6).
             Made::HostAddr(i, p) => host.add_addr(*i, *p, true),
             Made::CtrAddr(i, p) => ctr.add_addr(*i, *p, true),
             Made::CtrUp(i) => ctr.set_up(*i, true),

@@ -175,7 +175,8 @@ impl Rtnl {
     pub fn create_veth(&mut self, v: &VethPair) -> Result<Link> {
         let ctx = || {
             let ns = if v.peer_netns.is_some() { " in the target namespace" } else { "" };
-            format!("creating veth pair {} / {}{ns}", cut(v.name), cut(v.peer))
+            let mtu = v.mtu.map(|m| format!(", MTU {m}")).unwrap_or_default();
+            format!("creating veth pair {} / {}{ns}{mtu}", cut(v.name), cut(v.peer))
         };
         check_name(v.name)?;
         check_name(v.peer)?;
