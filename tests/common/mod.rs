@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod packet;
+pub mod realsw;
 pub mod topo;
 
 use std::net::Ipv4Addr;
