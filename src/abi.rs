@@ -30,15 +30,33 @@ use libbpf_rs::btf::{types::Enum, Btf};
 
 // SAFETY: every type below is a C struct of integers and byte arrays with
 // explicit padding (dp_types.h): any byte pattern is a valid value.
-unsafe impl plain::Plain for types::dnat_key {}
+unsafe impl plain::Plain for types::dnat4_key {}
 // SAFETY: as above.
-unsafe impl plain::Plain for types::dnat_value {}
+unsafe impl plain::Plain for types::dnat4_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::flow4_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::flow4_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::host_flow_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::port_counter {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::host_config {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::mapping_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::mapping_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::mapping_rev_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::external_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::external_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::dp_meta {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::ctr_endpoint {}
-// SAFETY: as above.
-unsafe impl plain::Plain for types::snat_value {}
-// SAFETY: as above.
-unsafe impl plain::Plain for types::snat_config {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::proxy_config {}
 // SAFETY: as above.
@@ -53,11 +71,20 @@ unsafe impl plain::Plain for types::attach_key {}
 unsafe impl plain::Plain for types::attach_value {}
 
 // The C side asserts the same sizes (dp_types.h).
-const _: () = assert!(std::mem::size_of::<types::dnat_key>() == 4);
-const _: () = assert!(std::mem::size_of::<types::dnat_value>() == 16);
+const _: () = assert!(std::mem::size_of::<types::dnat4_key>() == 8);
+const _: () = assert!(std::mem::size_of::<types::dnat4_value>() == 20);
+const _: () = assert!(std::mem::size_of::<types::flow4_key>() == 16);
+const _: () = assert!(std::mem::size_of::<types::flow4_value>() == 20);
+const _: () = assert!(std::mem::size_of::<types::host_flow_value>() == 8);
+const _: () = assert!(std::mem::size_of::<types::port_counter>() == 40);
+const _: () = assert!(std::mem::size_of::<types::host_config>() == 32);
+const _: () = assert!(std::mem::size_of::<types::mapping_key>() == 20);
+const _: () = assert!(std::mem::size_of::<types::mapping_value>() == 32);
+const _: () = assert!(std::mem::size_of::<types::mapping_rev_key>() == 36);
+const _: () = assert!(std::mem::size_of::<types::external_key>() == 20);
+const _: () = assert!(std::mem::size_of::<types::external_value>() == 24);
+const _: () = assert!(std::mem::size_of::<types::dp_meta>() == 32);
 const _: () = assert!(std::mem::size_of::<types::ctr_endpoint>() == 8);
-const _: () = assert!(std::mem::size_of::<types::snat_value>() == 8);
-const _: () = assert!(std::mem::size_of::<types::snat_config>() == 8);
 const _: () = assert!(std::mem::size_of::<types::proxy_config>() == 8);
 const _: () = assert!(std::mem::size_of::<types::veth_info>() == 32);
 const _: () = assert!(std::mem::size_of::<types::flow_orig>() == 12);
@@ -123,24 +150,142 @@ fn ip_of(be: u32) -> Ipv4Addr {
     Ipv4Addr::from(be.to_ne_bytes())
 }
 
-impl types::dnat_key {
-    pub fn new(host_port: u16, proto: Proto) -> Self {
-        Self { port: host_port.to_be(), proto: proto.number(), pad: 0 }
+/// Address family numbers (AF_INET, AF_INET6) of the maps that hold both.
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// An IPv4 address in the four-word layout of the maps that hold both
+/// families: IPv4 in the first word, the rest zero.
+pub fn addr4x4(ip: Ipv4Addr) -> [u32; 4] {
+    [be32(ip), 0, 0, 0]
+}
+
+/// The IPv4 address of a four-word address, if it is one.
+pub fn addr4_of(a: &[u32; 4]) -> Option<Ipv4Addr> {
+    (a[1] == 0 && a[2] == 0 && a[3] == 0).then(|| ip_of(a[0]))
+}
+
+impl types::dnat4_key {
+    pub fn new(ext_addr: Ipv4Addr, host_port: u16, proto: Proto) -> Self {
+        Self { ext_addr: be32(ext_addr), host_port: host_port.to_be(), proto: proto.number(), pad: 0 }
+    }
+    pub fn ext_addr(&self) -> Ipv4Addr {
+        ip_of(self.ext_addr)
     }
     pub fn host_port(&self) -> u16 {
-        u16::from_be(self.port)
+        u16::from_be(self.host_port)
     }
 }
 
-impl types::dnat_value {
-    pub fn new(ctr_ip: Ipv4Addr, ctr_port: u16, ctr_mac: [u8; 6], veth_ifindex: u32) -> Self {
-        Self { ctr_ip: be32(ctr_ip), ctr_port: ctr_port.to_be(), ctr_mac, veth_ifindex }
+impl types::dnat4_value {
+    pub fn new(ctr_addr: Ipv4Addr, ctr_port: u16, ctr_mac: [u8; 6], veth_ifindex: u32, slot: u32) -> Self {
+        Self { ctr_addr: be32(ctr_addr), ctr_port: ctr_port.to_be(), ctr_mac, veth_ifindex, slot }
     }
-    pub fn ctr_ip(&self) -> Ipv4Addr {
-        ip_of(self.ctr_ip)
+    pub fn ctr_addr(&self) -> Ipv4Addr {
+        ip_of(self.ctr_addr)
     }
     pub fn ctr_port(&self) -> u16 {
         u16::from_be(self.ctr_port)
+    }
+}
+
+impl types::flow4_key {
+    pub fn new(ctr_addr: Ipv4Addr, ctr_port: u16, peer_addr: Ipv4Addr, peer_port: u16, proto: Proto) -> Self {
+        Self {
+            ctr_addr: be32(ctr_addr),
+            peer_addr: be32(peer_addr),
+            ctr_port: ctr_port.to_be(),
+            peer_port: peer_port.to_be(),
+            proto: proto.number(),
+            pad: [0; 3],
+        }
+    }
+    pub fn ctr_addr(&self) -> Ipv4Addr {
+        ip_of(self.ctr_addr)
+    }
+    pub fn peer_addr(&self) -> Ipv4Addr {
+        ip_of(self.peer_addr)
+    }
+    pub fn ctr_port(&self) -> u16 {
+        u16::from_be(self.ctr_port)
+    }
+    pub fn peer_port(&self) -> u16 {
+        u16::from_be(self.peer_port)
+    }
+}
+
+impl types::flow4_value {
+    pub fn new(ext_addr: Ipv4Addr, host_port: u16, ext_ifindex: u32, veth_ifindex: u32, slot: u32) -> Self {
+        Self { ext_addr: be32(ext_addr), host_port: host_port.to_be(), pad: 0, ext_ifindex, veth_ifindex, slot }
+    }
+    pub fn ext_addr(&self) -> Ipv4Addr {
+        ip_of(self.ext_addr)
+    }
+    pub fn host_port(&self) -> u16 {
+        u16::from_be(self.host_port)
+    }
+}
+
+impl types::mapping_key {
+    /// `ext` None: published on every default external address.
+    pub fn new(ext: Option<Ipv4Addr>, host_port: u16, proto: Proto) -> Self {
+        Self {
+            family: AF_INET,
+            proto: proto.number(),
+            host_port: host_port.to_be(),
+            ext_addr: ext.map(addr4x4).unwrap_or([0; 4]),
+        }
+    }
+    pub fn host_port(&self) -> u16 {
+        u16::from_be(self.host_port)
+    }
+}
+
+impl types::mapping_value {
+    pub fn new(ctr_addr: Ipv4Addr, ctr_port: u16, ctr_mac: [u8; 6], veth_ifindex: u32, slot: u32) -> Self {
+        Self { ctr_addr: addr4x4(ctr_addr), ctr_port: ctr_port.to_be(), ctr_mac, veth_ifindex, slot }
+    }
+    pub fn ctr_port(&self) -> u16 {
+        u16::from_be(self.ctr_port)
+    }
+}
+
+impl types::mapping_rev_key {
+    pub fn new(ctr_addr: Ipv4Addr, ctr_port: u16, proto: Proto, ext: Option<Ipv4Addr>) -> Self {
+        Self {
+            family: AF_INET,
+            proto: proto.number(),
+            ctr_port: ctr_port.to_be(),
+            ctr_addr: addr4x4(ctr_addr),
+            ext_addr: ext.map(addr4x4).unwrap_or([0; 4]),
+        }
+    }
+}
+
+impl types::external_key {
+    pub fn new(addr: Ipv4Addr) -> Self {
+        Self { family: AF_INET, pad: [0; 3], addr: addr4x4(addr) }
+    }
+}
+
+impl types::external_value {
+    pub fn new(ifindex: u32, ifname: &str, default: bool) -> Self {
+        let mut v = Self {
+            ifindex,
+            flags: if default { types::dp_ext_flag::DP_EXT_F_DEFAULT.0 } else { 0 },
+            ifname: [0; 16],
+        };
+        for (d, s) in v.ifname.iter_mut().zip(ifname.bytes().take(15)) {
+            *d = s as _;
+        }
+        v
+    }
+    pub fn is_default(&self) -> bool {
+        self.flags & types::dp_ext_flag::DP_EXT_F_DEFAULT.0 != 0
+    }
+    pub fn name(&self) -> String {
+        let b: Vec<u8> = self.ifname.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+        String::from_utf8_lossy(&b).into_owned()
     }
 }
 
@@ -153,24 +298,6 @@ impl types::ctr_endpoint {
     }
     pub fn port(&self) -> u16 {
         u16::from_be(self.port)
-    }
-}
-
-impl types::snat_value {
-    pub fn new(host_port: u16, veth_ifindex: u32) -> Self {
-        Self { host_port: host_port.to_be(), pad: 0, veth_ifindex }
-    }
-    pub fn host_port(&self) -> u16 {
-        u16::from_be(self.host_port)
-    }
-}
-
-impl types::snat_config {
-    pub fn new(ext_ip: Ipv4Addr, ext_ifindex: u32) -> Self {
-        Self { ext_ip: be32(ext_ip), ext_ifindex }
-    }
-    pub fn ext_ip(&self) -> Ipv4Addr {
-        ip_of(self.ext_ip)
     }
 }
 
@@ -297,7 +424,11 @@ pub fn split_stat_name(name: &str) -> (String, String) {
 pub mod capacity {
     use super::types::dp_capacity as C;
     pub const PUBLISHED: u32 = C::DP_MAX_PUBLISHED.0;
+    pub const DNAT: u32 = C::DP_MAX_DNAT.0;
     pub const FLOWS: u32 = C::DP_MAX_FLOWS.0;
+    pub const PROXY_FLOWS: u32 = C::DP_MAX_PROXY_FLOWS.0;
+    pub const HOST_FLOWS: u32 = C::DP_MAX_HOST_FLOWS.0;
+    pub const EXTERNALS: u32 = C::DP_MAX_EXTERNALS.0;
     pub const VETHS: u32 = C::DP_MAX_VETHS.0;
     pub const ATTACHMENTS: u32 = C::DP_MAX_ATTACHMENTS.0;
 }
@@ -325,14 +456,21 @@ mod tests {
     #[test]
     fn split_prefers_the_longest_program_name() {
         assert_eq!(split_stat_name("DP_STAT_TPROXY_INGRESS_DNS"), ("tproxy_ingress".into(), "dns".into()));
-        assert_eq!(split_stat_name("DP_STAT_SNAT_NO_EXTERNAL"), ("snat".into(), "no_external".into()));
+        assert_eq!(split_stat_name("DP_STAT_SNAT_HANDED_ON"), ("snat".into(), "handed_on".into()));
+        assert_eq!(split_stat_name("DP_STAT_DNAT_ICMP_TRANSLATED"), ("dnat".into(), "icmp_translated".into()));
     }
 
     #[test]
     fn keys_are_in_network_order_with_zero_padding() {
-        let k = types::dnat_key::new(30001, Proto::Udp);
-        assert_eq!(bytes_of(&k), &[0x75, 0x31, 17, 0]);
-        assert_eq!(k.host_port(), 30001);
+        let k = types::dnat4_key::new(Ipv4Addr::new(203, 0, 113, 10), 30001, Proto::Udp);
+        assert_eq!(bytes_of(&k), &[203, 0, 113, 10, 0x75, 0x31, 17, 0]);
+        assert_eq!((k.ext_addr(), k.host_port()), (Ipv4Addr::new(203, 0, 113, 10), 30001));
+        let f = types::flow4_key::new(Ipv4Addr::new(10, 1, 2, 3), 25565, Ipv4Addr::new(192, 0, 2, 9), 40000, Proto::Tcp);
+        assert_eq!(bytes_of(&f), &[10, 1, 2, 3, 192, 0, 2, 9, 0x63, 0xdd, 0x9c, 0x40, 6, 0, 0, 0]);
+        let m = types::mapping_key::new(Some(Ipv4Addr::new(203, 0, 113, 10)), 30001, Proto::Tcp);
+        assert_eq!(bytes_of(&m), &[2, 6, 0x75, 0x31, 203, 0, 113, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let d = types::mapping_key::new(None, 30001, Proto::Tcp);
+        assert_eq!(&bytes_of(&d)[4..], &[0; 16], "a default mapping has an all-zero address");
         let e = types::ctr_endpoint::new(Ipv4Addr::new(10, 1, 2, 3), 25565, Proto::Tcp);
         assert_eq!(bytes_of(&e), &[10, 1, 2, 3, 0x63, 0xdd, 6, 0]);
         assert_eq!((e.ip(), e.port()), (Ipv4Addr::new(10, 1, 2, 3), 25565));

@@ -69,13 +69,14 @@ fn command_line_on_real_interfaces() {
     ns.ip("link add dpv0 type veth peer name dpc0");
     ns.ip("addr add 10.0.0.1/32 dev dpv0");
     ns.ip("addr add 198.51.100.1/24 dev dpext");
+    ns.ip("addr add 198.51.100.2/24 dev dpext");
     for i in ["dpext", "dpv0", "dpc0", "dpextp"] {
         ns.ip(&format!("link set {i} up"));
     }
     let n = ns.name.as_str();
 
     let r = ctl.json(&["load"]);
-    assert_eq!(r["maps_created"].as_array().unwrap().len(), 8, "{r}");
+    assert_eq!(r["maps_created"].as_array().unwrap().len(), datapath::maps::name::ALL.len(), "{r}");
     ctl.ok(&["-n", n, "attach", "dnat", "dpext"]);
     ctl.ok(&["-n", n, "attach", "dnat", "dpext"]); // attaching what is attached
     ctl.ok(&["-n", n, "attach", "host", "dpv0"]);
@@ -84,6 +85,21 @@ fn command_line_on_real_interfaces() {
     ctl.ok(&["-n", n, "map", "dnat", "add", "30001", "10.0.0.2", "dpv0", "02:00:00:00:00:02"]);
     let (idx, _) = ns.iface("dpv0");
     ctl.ok(&["-n", n, "map", "dnat", "add", "30002", "10.0.0.2", &idx.to_string(), "02:00:00:00:00:02", "--proto", "udp", "--to-port", "19132"]);
+    // A second external address, with a mapping of its own.
+    assert_eq!(ctl.json(&["-n", n, "map", "external", "add", "198.51.100.2", "dpext"]), serde_json::json!({"result": "added"}));
+    ctl.ok(&["-n", n, "map", "dnat", "add", "198.51.100.2:25565", "10.0.0.2", "dpv0", "02:00:00:00:00:02"]);
+    let (ext_idx, _) = ns.iface("dpext");
+    assert_eq!(
+        ctl.json(&["map", "external", "list"]),
+        serde_json::json!([
+            {"addr": "198.51.100.1", "ifindex": ext_idx, "ifname": "dpext", "default": true},
+            {"addr": "198.51.100.2", "ifindex": ext_idx, "ifname": "dpext", "default": false},
+        ])
+    );
+    assert_eq!(
+        ctl.ok(&["map", "external", "list"]),
+        format!("198.51.100.1 on dpext (ifindex {ext_idx}) default\n198.51.100.2 on dpext (ifindex {ext_idx})\n")
+    );
 
     let ingress = tc_show(&ns, "filter show dev dpv0 ingress");
     for (prog, pref) in [("arp", 1), ("snat", 2), ("tproxy_ingress", 3)] {
@@ -97,11 +113,21 @@ fn command_line_on_real_interfaces() {
 
     let list = ctl.json(&["map", "dnat", "list"]);
     let want = serde_json::json!([
-        {"host_port": 30001, "proto": "tcp", "ctr_ip": "10.0.0.2", "ctr_port": 25565, "ctr_mac": "02:00:00:00:00:02", "veth_ifindex": idx},
-        {"host_port": 30002, "proto": "udp", "ctr_ip": "10.0.0.2", "ctr_port": 19132, "ctr_mac": "02:00:00:00:00:02", "veth_ifindex": idx},
+        {"ext_addr": "default", "host_port": 30001, "proto": "tcp", "ctr_ip": "10.0.0.2", "ctr_port": 25565, "ctr_mac": "02:00:00:00:00:02", "veth_ifindex": idx, "slot": 0},
+        {"ext_addr": "default", "host_port": 30002, "proto": "udp", "ctr_ip": "10.0.0.2", "ctr_port": 19132, "ctr_mac": "02:00:00:00:00:02", "veth_ifindex": idx, "slot": 1},
+        {"ext_addr": "198.51.100.2", "host_port": 25565, "proto": "tcp", "ctr_ip": "10.0.0.2", "ctr_port": 25565, "ctr_mac": "02:00:00:00:00:02", "veth_ifindex": idx, "slot": 2},
     ]);
     assert_eq!(list, want);
     assert_eq!(ctl.json(&["map", "dnat", "get", "30002", "--proto", "udp"]), want[1]);
+    assert_eq!(ctl.json(&["map", "dnat", "get", "198.51.100.2:25565"]), want[2]);
+    assert_eq!(
+        ctl.ok(&["map", "dnat", "list"]),
+        format!(
+            "30001/tcp on the default addresses -> 10.0.0.2:25565 mac 02:00:00:00:00:02 veth ifindex {idx} slot 0\n\
+             30002/udp on the default addresses -> 10.0.0.2:19132 mac 02:00:00:00:00:02 veth ifindex {idx} slot 1\n\
+             198.51.100.2:25565/tcp -> 10.0.0.2:25565 mac 02:00:00:00:00:02 veth ifindex {idx} slot 2\n"
+        )
+    );
     assert_eq!(ctl.json(&["-n", n, "map", "veth", "get", "dpv0"])["host_ip"], "10.0.0.1");
     assert_eq!(ctl.json(&["map", "snat", "get"])["ext_ip"], "198.51.100.1");
 
@@ -116,9 +142,18 @@ fn command_line_on_real_interfaces() {
     assert_eq!(st["programs"].as_array().unwrap().len(), 6);
     let att = st["attachments"].as_array().unwrap();
     assert_eq!(att.len(), 2, "{st}");
-    let dnat_ports = st["maps"].as_array().unwrap().iter().find(|m| m["name"] == "dnat_ports").unwrap();
-    assert_eq!((dnat_ports["entries"].as_u64(), dnat_ports["capacity"].as_u64()), (Some(2), Some(65536)));
-    assert!(ctl.ok(&["status"]).contains("attached:"));
+    let fill = |name: &str| {
+        let m = st["maps"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap();
+        (m["entries"].as_u64().unwrap(), m["capacity"].as_u64().unwrap())
+    };
+    assert_eq!(fill("mappings"), (3, 65536));
+    assert_eq!(fill("dnat4"), (3, 131072));
+    assert_eq!(fill("flows4"), (0, 262144));
+    assert_eq!(fill("externals"), (2, 1024));
+    assert_eq!(st["externals"].as_array().unwrap().len(), 2, "{st}");
+    let text = ctl.ok(&["status"]);
+    assert!(text.contains("attached:"), "{text}");
+    assert!(text.contains("external addresses:\n  198.51.100.1 on dpext"), "{text}");
 
     // Reload in place: same handle and priority, entries kept.
     ctl.ok(&["load"]);
@@ -127,6 +162,9 @@ fn command_line_on_real_interfaces() {
 
     ctl.ok(&["map", "dnat", "del", "30002", "--proto", "udp"]);
     ctl.ok(&["map", "dnat", "del", "30002", "--proto", "udp"]); // deleting what is gone
+    assert_eq!(ctl.json(&["map", "dnat", "del", "198.51.100.2:25565"]), serde_json::json!({"result": "deleted"}));
+    assert_eq!(ctl.json(&["map", "external", "del", "198.51.100.2"]), serde_json::json!({"result": "deleted"}));
+    assert_eq!(ctl.json(&["map", "external", "del", "198.51.100.2"]), serde_json::json!({"result": "absent"}));
     ctl.ok(&["-n", n, "detach", "host", "dpv0"]);
     ctl.ok(&["-n", n, "detach", "host", "dpv0"]);
     assert!(!tc_show(&ns, "qdisc show dev dpv0").contains("clsact"), "clsact created by attach is removed");

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use common::*;
 use datapath::abi::Proto;
-use datapath::maps::{Change, DnatMaps, Published};
+use datapath::maps::{published, Change, Ext, Mapping};
 use datapath::kernel::pins::PinRoot;
 use libbpf_rs::MapCore;
 
@@ -36,6 +36,7 @@ fn dump(root: &Path) -> Vec<(String, CtlOut)> {
         vec!["--json", "map", "dnat", "list"],
         vec!["--json", "map", "veth", "list"],
         vec!["--json", "map", "snat", "get"],
+        vec!["--json", "map", "external", "list"],
         vec!["--json", "stats"],
         vec!["--json", "status"],
     ]
@@ -66,7 +67,8 @@ fn host_ns() -> TestNs {
 }
 
 /// A loaded root with dpv0 registered for 10.0.0.2, two published ports
-/// and the external address set, all through the binary.
+/// on the default external address 198.51.100.1, and one on the second
+/// external address 198.51.100.2, all through the binary.
 fn provisioned() -> (TestRoot, TestNs) {
     let root = TestRoot::loaded();
     let ns = host_ns();
@@ -78,6 +80,8 @@ fn provisioned() -> (TestRoot, TestNs) {
         &ctl(&dir, n, &["map", "dnat", "add", "30002", "10.0.0.2", "dpv0", MAC, "--proto", "udp", "--to-port", "19132"]),
     );
     assert_ok("snat set", &ctl(&dir, n, &["map", "snat", "set", "198.51.100.1", "dpext"]));
+    assert_ok("external add", &ctl(&dir, n, &["map", "external", "add", "198.51.100.2", "dpext"]));
+    assert_ok("dnat add on it", &ctl(&dir, n, &["map", "dnat", "add", "198.51.100.2:30005", "10.0.0.2", "dpv0", MAC]));
     (root, ns)
 }
 
@@ -152,6 +156,31 @@ fn rows() -> Vec<Row> {
         row("snat set: address 256.1.1.1", &["map", "snat", "set", "256.1.1.1", "dpext"], "256.1.1.1"),
         row("snat set: ipv6 address", &["map", "snat", "set", "fd00::1", "dpext"], "fd00::1"),
         row("snat set: address 0.0.0.0", &["map", "snat", "set", "0.0.0.0", "dpext"], "0.0.0.0"),
+        row("snat set: broadcast address", &["map", "snat", "set", "255.255.255.255", "dpext"], "255.255.255.255"),
+        row("external add: address 0.0.0.0", &["map", "external", "add", "0.0.0.0", "dpext"], "0.0.0.0"),
+        row("external add: broadcast address", &["map", "external", "add", "255.255.255.255", "dpext"], "broadcast"),
+        row("external add: multicast address", &["map", "external", "add", "224.0.0.1", "dpext", "--default"], "multicast"),
+        row("external add: loopback address", &["map", "external", "add", "127.0.0.1", "dpext"], "loopback"),
+        row("external add: ipv6 address", &["map", "external", "add", "fd00::1", "dpext"], "fd00::1"),
+        row("external add: unknown interface", &["map", "external", "add", "198.51.100.7", "nosuch0"], "nosuch0"),
+        row("external add: known address on another interface", &["map", "external", "add", "198.51.100.1", "dpv1"], "198.51.100.1"),
+        row("external del: address 300.1.1.1", &["map", "external", "del", "300.1.1.1"], "300.1.1.1"),
+        row("external del: an address mappings are published on", &["map", "external", "del", "198.51.100.2"], "198.51.100.2"),
+        a("dnat add: container address 0.0.0.0", dnat_add("30010", "0.0.0.0", "dpv0", MAC, &[]), "0.0.0.0"),
+        a("dnat add: container address broadcast", dnat_add("30010", "255.255.255.255", "dpv0", MAC, &[]), "broadcast"),
+        a("dnat add: container address multicast", dnat_add("30010", "239.1.2.3", "dpv0", MAC, &[]), "multicast"),
+        a("dnat add: container address loopback", dnat_add("30010", "127.0.0.2", "dpv0", MAC, &[]), "loopback"),
+        a("dnat add: on an address that is not external", dnat_add("198.51.100.9:30010", "10.0.0.3", "dpv0", MAC, &[]), "198.51.100.9"),
+        a("dnat add: on external address 0.0.0.0", dnat_add("0.0.0.0:30010", "10.0.0.3", "dpv0", MAC, &[]), "0.0.0.0"),
+        a("dnat add: on an ipv6 external address", dnat_add("[fd00::1]:30010", "10.0.0.3", "dpv0", MAC, &[]), "IPv6"),
+        a("dnat add: on a malformed external address", dnat_add("198.51.100:30010", "10.0.0.3", "dpv0", MAC, &[]), "198.51.100"),
+        a("dnat add: address without a port", dnat_add("198.51.100.2:", "10.0.0.3", "dpv0", MAC, &[]), "port"),
+        a("dnat add: address with port 0", dnat_add("198.51.100.2:0", "10.0.0.3", "dpv0", MAC, &[]), "port"),
+        row("dnat get: address with port 65536", &["map", "dnat", "get", "198.51.100.2:65536"], "port"),
+        row("dnat get: published on another address", &["map", "dnat", "get", "198.51.100.2:30001"], "198.51.100.2:30001"),
+        row("dnat del: malformed address", &["map", "dnat", "del", "1.2.3.4.5:30001"], "1.2.3.4.5"),
+        row("veth add: loopback container address", &["map", "veth", "add", "dpv1", "127.0.0.1"], "loopback"),
+        row("veth add: multicast container address", &["map", "veth", "add", "dpv1", "224.0.0.9"], "multicast"),
         // MACs.
         a("dnat add: mac with five octets", dnat_add("30010", "10.0.0.3", "dpv0", "aa:bb:cc:dd:ee", &[]), "MAC"),
         a("dnat add: mac with a non-hex digit", dnat_add("30010", "10.0.0.3", "dpv0", "aa:bb:cc:dd:ee:gg", &[]), "MAC"),
@@ -161,6 +190,9 @@ fn rows() -> Vec<Row> {
         a("dnat add: mac with one-digit octets", dnat_add("30010", "10.0.0.3", "dpv0", "a:b:c:d:e:f", &[]), "MAC"),
         // u8::from_str_radix alone would take "+a" as the octet 0x0a.
         a("dnat add: mac with signed octets", dnat_add("30010", "10.0.0.3", "dpv0", "+a:bb:cc:dd:ee:ff", &[]), "MAC"),
+        a("dnat add: all-zero mac", dnat_add("30010", "10.0.0.3", "dpv0", "00:00:00:00:00:00", &[]), "all zero"),
+        a("dnat add: multicast mac", dnat_add("30010", "10.0.0.3", "dpv0", "01:00:5e:00:00:01", &[]), "multicast"),
+        a("dnat add: broadcast mac", dnat_add("30010", "10.0.0.3", "dpv0", "ff:ff:ff:ff:ff:ff", &[]), "multicast"),
         // Interfaces.
         a("dnat add: unknown interface", dnat_add("30010", "10.0.0.3", "nosuch0", MAC, &[]), "nosuch0"),
         a("dnat add: unknown interface index", dnat_add("30010", "10.0.0.3", "99999", MAC, &[]), "99999"),
@@ -215,6 +247,9 @@ fn rows() -> Vec<Row> {
         ("not loaded: snat set", vec!["map", "snat", "set", "198.51.100.1", "dpext"], "load"),
         ("not loaded: snat get", vec!["map", "snat", "get"], "load"),
         ("not loaded: snat del", vec!["map", "snat", "del"], "load"),
+        ("not loaded: external add", vec!["map", "external", "add", "198.51.100.1", "dpext"], "load"),
+        ("not loaded: external del", vec!["map", "external", "del", "198.51.100.1"], "load"),
+        ("not loaded: external list", vec!["map", "external", "list"], "load"),
         ("not loaded: stats", vec!["stats"], "load"),
         ("not loaded: attach dnat", vec!["attach", "dnat", "dpext"], "load"),
         ("not loaded: attach host", vec!["attach", "host", "dpv0"], "load"),
@@ -240,6 +275,7 @@ fn rows() -> Vec<Row> {
         ("as nobody: dnat del", vec!["map", "dnat", "del", "30001"]),
         ("as nobody: veth del", vec!["map", "veth", "del", "dpv0"]),
         ("as nobody: snat del", vec!["map", "snat", "del"]),
+        ("as nobody: external add", vec!["map", "external", "add", "198.51.100.7", "dpext"]),
         ("as nobody: attach host", vec!["attach", "host", "dpv0"]),
         ("as nobody: stats", vec!["stats"]),
         ("as nobody: status", vec!["status"]),
@@ -402,20 +438,20 @@ fn load_refuses_an_incompatible_pinned_map_on_a_fresh_root() {
         std::fs::create_dir(d).unwrap();
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
-    // dnat_ports with an 8-byte value where this build has 16.
+    // dnat4 with a 16-byte value where this build has 20.
     // The root and maps/ exist; a refused load must not leave progs/ or
     // links/ behind, nor change the existing directories.
-    pin_map(&maps_dir.join("dnat_ports"), libbpf_sys::BPF_MAP_TYPE_HASH, 4, 8, 65536);
+    pin_map(&maps_dir.join("dnat4"), libbpf_sys::BPF_MAP_TYPE_HASH, 8, 16, 131072);
     let before = tree(&hand.path);
     let dumped = dump(&hand.path);
     let o = ctl(&hand.path, None, &["load"]);
-    assert_one_line_failure("load over an incompatible dnat_ports", &o);
-    assert!(o.stderr.contains("dnat_ports") && o.stderr.contains("incompatible"), "unclear error: {:?}", o.stderr);
+    assert_one_line_failure("load over an incompatible dnat4", &o);
+    assert!(o.stderr.contains("dnat4") && o.stderr.contains("incompatible"), "unclear error: {:?}", o.stderr);
     assert_same_dump("refused load", &dumped, &dump(&hand.path));
     let after = tree(&hand.path);
     assert!(
         after == before,
-        "a refused load changed the pin root.\nbefore {before:?}\nafter  {after:?}\n(only maps/dnat_ports should be there)"
+        "a refused load changed the pin root.\nbefore {before:?}\nafter  {after:?}\n(only maps/dnat4 should be there)"
     );
 }
 
@@ -428,7 +464,8 @@ fn load_refuses_an_incompatible_pinned_map_on_a_running_system() {
     // layout, on a provisioned root with an attachment.
     for (what, map, ty, key, value, max) in [
         ("capacity", "veths", libbpf_sys::BPF_MAP_TYPE_HASH, 4, 16, 1024),
-        ("type", "snat_ports", libbpf_sys::BPF_MAP_TYPE_LRU_HASH, 8, 8, 65536),
+        ("type", "flows4", libbpf_sys::BPF_MAP_TYPE_HASH, 16, 20, 262144),
+        ("value size", "mappings", libbpf_sys::BPF_MAP_TYPE_HASH, 20, 24, 65536),
         ("key size", "proxy_flows", libbpf_sys::BPF_MAP_TYPE_LRU_HASH, 12, 12, 65536),
     ] {
         let (root, ns) = provisioned();
@@ -488,6 +525,19 @@ fn repeated_and_conflicting_input() {
         ("veth del: an unregistered veth", vec!["map", "veth", "del", "dpv1"], Some("absent")),
         ("veth del: an interface that does not exist", vec!["map", "veth", "del", "nosuch0"], Some("absent")),
         ("veth del: an index that does not exist", vec!["map", "veth", "del", "99999"], Some("absent")),
+        ("snat set: the same address again", vec!["map", "snat", "set", "198.51.100.1", "dpext"], Some("ok")),
+        ("external add: the same default address again", vec!["map", "external", "add", "198.51.100.1", "dpext", "--default"], Some("unchanged")),
+        ("external add: the same address again", vec!["map", "external", "add", "198.51.100.2", "dpext"], Some("unchanged")),
+        ("external add: a known address on another interface", vec!["map", "external", "add", "198.51.100.2", "dpv1"], None),
+        ("external add: default, where a dedicated mapping repeats a default one's container port", vec!["map", "external", "add", "198.51.100.2", "dpext", "--default"], None),
+        ("external del: an address that is not external", vec!["map", "external", "del", "198.51.100.77"], Some("absent")),
+        ("dnat add: the same dedicated mapping again", vec!["map", "dnat", "add", "198.51.100.2:30005", "10.0.0.2", "dpv0", MAC], Some("unchanged")),
+        ("dnat add: dedicated port taken, other container", vec!["map", "dnat", "add", "198.51.100.2:30005", "10.0.0.3", "dpv0", MAC], None),
+        ("dnat add: a default mapping's port, dedicated on the default address", vec!["map", "dnat", "add", "198.51.100.1:30001", "10.0.0.3", "dpv0", MAC], None),
+        ("dnat add: a default mapping's container port again on the default address", vec!["map", "dnat", "add", "198.51.100.1:30009", "10.0.0.2", "dpv0", MAC], None),
+        ("dnat add: a dedicated mapping's container port again on its address", vec!["map", "dnat", "add", "198.51.100.2:30009", "10.0.0.2", "dpv0", MAC], None),
+        ("dnat del: a dedicated port deleted as a default one", vec!["map", "dnat", "del", "30005"], Some("absent")),
+        ("dnat del: a default port deleted on the other address", vec!["map", "dnat", "del", "198.51.100.2:30001"], Some("absent")),
     ];
     let baseline = dump(&dir);
     for (what, args, want) in &table {
@@ -598,6 +648,7 @@ fn concurrent_adds_and_deletes_lose_nothing() {
     let ns = host_ns();
     let dir = root.pins.root().to_path_buf();
     let n = Some(ns.name.as_str());
+    assert_ok("snat set", &ctl(&dir, n, &["map", "snat", "set", "198.51.100.1", "dpext"]));
     let expect = |j_filter: &dyn Fn(usize) -> bool| -> BTreeSet<(u64, String, String, u64)> {
         (0..WORKERS)
             .flat_map(|w| (0..PER_WORKER).filter(|j| j_filter(*j)).map(move |j| (w, j)))
@@ -639,7 +690,7 @@ fn concurrent_adds_and_deletes_lose_nothing() {
     let want = expect(&|j| j % 2 == 1);
     assert!(got == want, "after the deletes: {} listed, {} expected; e.g. {:?}", got.len(), want.len(), got.symmetric_difference(&want).next());
     let half = WORKERS * PER_WORKER / 2;
-    assert_eq!(DnatMaps::open(&root.pins).unwrap().counts(), (half, half), "dnat_ports and snat_ports out of step");
+    assert_eq!(published::counts(&root.pins).unwrap(), [half; 3], "mappings, mapping_rev and dnat4 out of step");
     let calls = WORKERS * PER_WORKER * 3 / 2;
     eprintln!(
         "races: {} concurrent adds in {adds:.1?}, {} concurrent deletes in {dels:.1?} ({:.2} ms per call, {WORKERS} at a time)",
@@ -660,6 +711,7 @@ fn load_while_adding_loses_nothing() {
     let n = Some(ns.name.as_str());
     assert_ok("veth add", &ctl(&dir, n, &["map", "veth", "add", "dpv0", "10.0.0.2"]));
     assert_ok("attach host", &ctl(&dir, n, &["attach", "host", "dpv0"]));
+    assert_ok("snat set", &ctl(&dir, n, &["map", "snat", "set", "198.51.100.1", "dpext"]));
     let before = dump(&dir);
     let t = Instant::now();
     let progress = std::sync::atomic::AtomicUsize::new(0);
@@ -694,13 +746,14 @@ fn load_while_adding_loses_nothing() {
     let want: BTreeSet<_> =
         (0..PER_WORKER as u64).map(|j| (40000 + j, "tcp".to_string(), "10.0.0.2".to_string(), 40000 + j)).collect();
     assert!(listed(&dir) == want, "mappings were lost across concurrent loads");
-    assert_eq!(DnatMaps::open(&root.pins).unwrap().counts(), (PER_WORKER, PER_WORKER));
+    assert_eq!(published::counts(&root.pins).unwrap(), [PER_WORKER; 3], "mappings, mapping_rev and dnat4 out of step");
     // Everything else survived too: the veth, and the attachment.
     let after = dump(&dir);
     assert_eq!(before[1], after[1], "map veth list changed across loads");
-    let status: serde_json::Value = serde_json::from_str(&after[4].1.stdout).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&after[5].1.stdout).unwrap();
     assert_eq!(status["attachments"].as_array().map(|a| a.len()), Some(1), "attachments after loads: {status}");
-    let old: serde_json::Value = serde_json::from_str(&before[4].1.stdout).unwrap();
+    assert_eq!(before[3], after[3], "map external list changed across loads");
+    let old: serde_json::Value = serde_json::from_str(&before[5].1.stdout).unwrap();
     assert_ne!(old["programs"], status["programs"], "the loads did not replace the programs");
     eprintln!("load race: 10 loads while adding {PER_WORKER} mappings, in {:.1?}", t.elapsed());
 }
@@ -714,7 +767,8 @@ fn concurrent_claims_of_one_port_have_one_winner() {
     let ns = host_ns();
     let dir = root.pins.root().to_path_buf();
     let n = Some(ns.name.as_str());
-    let maps = DnatMaps::open(&root.pins).unwrap();
+    assert_ok("snat set", &ctl(&dir, n, &["map", "snat", "set", "198.51.100.1", "dpext"]));
+    let counts = || published::counts(&root.pins).unwrap();
     let rounds = 10;
     for round in 0..rounds {
         // One host port, eight different containers.
@@ -732,7 +786,7 @@ fn concurrent_claims_of_one_port_have_one_winner() {
         for o in outs.iter().filter(|o| o.code != Some(0)) {
             assert_one_line_failure("losing claim", o);
         }
-        assert_eq!(maps.counts(), (1, 1), "round {round}: dnat_ports and snat_ports out of step");
+        assert_eq!(counts(), [1; 3], "round {round}: mappings, mapping_rev and dnat4 out of step");
         assert_ok("del", &ctl(&dir, None, &["map", "dnat", "del", &port]));
 
         // One container endpoint, eight different host ports.
@@ -746,27 +800,31 @@ fn concurrent_claims_of_one_port_have_one_winner() {
         let outs = outs.into_inner().unwrap();
         let winners: Vec<_> = outs.iter().filter(|(_, o)| o.code == Some(0)).collect();
         assert_eq!(winners.len(), 1, "round {round}: {} of {WORKERS} host ports for one container port succeeded", winners.len());
-        assert_eq!(maps.counts(), (1, 1), "round {round}: dnat_ports and snat_ports out of step");
+        assert_eq!(counts(), [1; 3], "round {round}: mappings, mapping_rev and dnat4 out of step");
         assert_ok("del", &ctl(&dir, None, &["map", "dnat", "del", &winners[0].0]));
-        assert_eq!(maps.counts(), (0, 0));
+        assert_eq!(counts(), [0; 3]);
     }
     eprintln!("claims: {rounds} rounds of {WORKERS} conflicting adds, twice");
 }
 
-/// Identical adds racing each other must all succeed and leave dnat_ports
-/// and its reverse snat_ports in step; so must an add racing a delete of
-/// the same mapping (both entries there, or neither). Hammered in-process
+/// Identical adds racing each other must all succeed and leave mappings,
+/// mapping_rev and dnat4 in step; so must an add racing a delete of the
+/// same mapping (all three entries there, or none). Hammered in-process
 /// by threads that live for the whole test, because the window is a few
-/// microseconds wide and processes start milliseconds apart.
+/// microseconds wide and processes start milliseconds apart. Every round
+/// also hands out and frees a slot, so the free list is worked through
+/// many times.
 #[test]
-fn racing_adds_keep_dnat_and_snat_in_step() {
-    if !privileged("racing_adds_keep_dnat_and_snat_in_step") {
+fn racing_adds_keep_mappings_and_dnat_in_step() {
+    if !privileged("racing_adds_keep_mappings_and_dnat_in_step") {
         return;
     }
     let root = TestRoot::loaded();
     let ns = host_ns();
     let (ifindex, _) = ns.iface("dpv0");
-    let p = Published {
+    datapath::ops::snat_set(&root.pins, Some(&ns.name), Ipv4Addr::new(198, 51, 100, 1), "dpext").unwrap();
+    let m = Mapping {
+        ext_addr: Ext::Default,
         host_port: 30001,
         proto: Proto::Tcp,
         ctr_ip: Ipv4Addr::new(10, 0, 0, 2),
@@ -774,7 +832,6 @@ fn racing_adds_keep_dnat_and_snat_in_step() {
         ctr_mac: [0x02, 0xc0, 0, 0, 0, 2],
         veth_ifindex: ifindex,
     };
-    let maps = DnatMaps::open(&root.pins).unwrap();
     let started = Instant::now();
 
     // Phase 1: THREADS identical adds at once, ROUNDS times.
@@ -791,17 +848,16 @@ fn racing_adds_keep_dnat_and_snat_in_step() {
         let mut refused = 0usize;
         std::thread::scope(|s| {
             for t in 0..THREADS {
-                let (start, done, results, pins, p) = (&start, &done, &results, &root.pins, &p);
+                let (start, done, results, pins, m) = (&start, &done, &results, &root.pins, &m);
                 s.spawn(move || {
-                    let m = DnatMaps::open(pins).unwrap();
                     for _ in 0..rounds {
                         start.wait();
                         let r = if phase == 2 && t == 0 {
-                            m.del(p.host_port, p.proto)
+                            published::unpublish(pins, m.ext_addr, m.host_port, m.proto)
                         } else if phase == 2 && t > 1 {
                             Ok(Change::Unchanged)
                         } else {
-                            m.add(p)
+                            published::publish(pins, m)
                         };
                         results.lock().unwrap().push(r.map_err(|e| format!("{e:#}")));
                         done.wait();
@@ -811,25 +867,25 @@ fn racing_adds_keep_dnat_and_snat_in_step() {
             for round in 0..rounds {
                 // Phase 1 starts from nothing, phase 2 from the mapping.
                 if phase == 1 {
-                    maps.del(p.host_port, p.proto).unwrap();
+                    published::unpublish(&root.pins, m.ext_addr, m.host_port, m.proto).unwrap();
                 } else {
-                    maps.add(&p).unwrap();
+                    published::publish(&root.pins, &m).unwrap();
                 }
                 start.wait();
                 done.wait();
                 let rs: Vec<_> = std::mem::take(&mut *results.lock().unwrap());
                 refused += rs.iter().filter(|r| r.is_err()).count();
-                let counts = maps.counts();
-                let in_step = if phase == 1 { counts == (1, 1) } else { counts.0 == counts.1 };
+                let counts = published::counts(&root.pins).unwrap();
+                let in_step = if phase == 1 { counts == [1; 3] } else { counts == [0; 3] || counts == [1; 3] };
                 if !in_step && broken.len() < 3 {
-                    broken.push(format!("round {round}: (dnat_ports, snat_ports) {counts:?} after {rs:?}"));
+                    broken.push(format!("round {round}: (mappings, mapping_rev, dnat4) {counts:?} after {rs:?}"));
                 }
                 if !in_step {
                     n_broken += 1;
                     // Repair, so every round starts from the same state.
-                    let r = types_reverse_key(&p);
-                    let _ = maps.del(p.host_port, p.proto);
-                    let _ = maps_handle(&root.pins, "snat_ports").delete(&r);
+                    let _ = published::unpublish(&root.pins, m.ext_addr, m.host_port, m.proto);
+                    clear(&root.pins, "mapping_rev");
+                    clear(&root.pins, "dnat4");
                 }
             }
         });
@@ -838,25 +894,25 @@ fn racing_adds_keep_dnat_and_snat_in_step() {
         }
         if !broken.is_empty() {
             report.push(format!(
-                "phase {phase}: dnat_ports and snat_ports out of step after {n_broken} of {rounds} rounds, e.g. {}",
+                "phase {phase}: mappings, mapping_rev and dnat4 out of step after {n_broken} of {rounds} rounds, e.g. {}",
                 broken.join(" | ")
             ));
         }
     }
     eprintln!("racing adds: 2 x {rounds} rounds in {:.1?}", started.elapsed());
     // Phase 1 races identical adds, phase 2 an add against a delete of the
-    // same mapping. Every identical add must succeed, and dnat_ports and
-    // snat_ports must agree after every round: a forward entry without its
-    // reverse stops the container's replies being translated, a reverse
-    // without its forward translates replies of a port nobody published.
+    // same mapping. Every identical add must succeed, and the three maps
+    // must agree after every round: a mapping without its dnat4 entry is
+    // published but unreachable, a dnat4 entry without its mapping
+    // forwards a port nobody can list or delete.
     assert!(report.is_empty(), "{}", report.join("\n"));
 }
 
-fn types_reverse_key(p: &Published) -> Vec<u8> {
-    let k = datapath::abi::types::ctr_endpoint::new(p.ctr_ip, p.ctr_port, p.proto);
-    datapath::abi::bytes_of(&k).to_vec()
-}
-
-fn maps_handle(pins: &PinRoot, name: &str) -> libbpf_rs::MapHandle {
-    datapath::maps::open(pins, name).unwrap()
+/// Deletes every entry of a hash map.
+fn clear(pins: &PinRoot, map: &str) {
+    let h = datapath::maps::open(pins, map).unwrap();
+    let keys: Vec<Vec<u8>> = h.keys().collect();
+    for k in keys {
+        let _ = h.delete(&k);
+    }
 }

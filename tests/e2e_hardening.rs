@@ -444,8 +444,14 @@ fn container_with_cap_net_admin_cannot_escape() {
         .unwrap_or_else(|e| panic!("after the attack, query from {}: nothing at the DNS proxy: {e}", ctr.ip));
     assert_eq!((&buf[..n], from.ip()), (&b"real query"[..], ctr.ip.into()), "DNS query arrived altered");
     // Its published port still answers the outside, from the host's
-    // address: the player's socket and wire see what gets out.
+    // address: the player's socket and wire see what gets out. (A reply
+    // needs the player's datagram first: that records the flow.)
     let server = udp_bind(&ctr.ns, any(CTR_PORT));
+    player_sink.send_to(b"published request", sa(EXT_IP, 30001)).unwrap();
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("after the attack, the published port got no request from the player: {e}"));
+    assert_eq!((&buf[..n], from), (&b"published request"[..], sa(PLAYER_IP, 5000)), "the player's request arrived altered");
     server.send_to(b"published reply", sa(PLAYER_IP, 5000)).unwrap();
     let (n, from) = player_sink
         .recv_from(&mut buf)

@@ -32,7 +32,7 @@ use common::packet::{self, Pkt, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IC
 use common::*;
 use datapath::abi::{bytes_of, types, Proto};
 use datapath::ops::{self, DnatAdd};
-use datapath::maps::{self, Change};
+use datapath::maps::{self, published, Change, Ext, Mapping};
 use datapath::net::netns::NetnsGuard;
 use libbpf_rs::{MapCore, MapFlags};
 use proptest::prelude::*;
@@ -113,6 +113,7 @@ fn env() -> Env {
     ops::snat_set(&root.pins, n, v4(EXT_IP), "dpext").unwrap();
     for p in &PUBLISHED {
         let a = DnatAdd {
+            ext: Ext::Default,
             host_port: p.host_port,
             ctr_ip: v4(p.ctr),
             veth: format!("dpv{}", p.veth),
@@ -201,8 +202,10 @@ enum Class {
     Malformed,
     /// IPv4 fragment, first or not.
     Fragment,
-    /// IPv4, neither TCP nor UDP.
+    /// IPv4, neither TCP nor UDP (nor ICMP).
     NotL4,
+    /// ICMP that is no error about a published flow.
+    Icmp,
 }
 
 /// The documented verdict and counter of each program for a frame of a
@@ -215,6 +218,7 @@ fn documented(prog: &str, class: Class) -> (i32, Option<&'static str>) {
         ("dnat", Malformed) => (TC_ACT_UNSPEC, Some("dnat/malformed")),
         ("dnat", Fragment) => (TC_ACT_UNSPEC, Some("dnat/fragment")),
         ("dnat", NotL4) => (TC_ACT_UNSPEC, Some("dnat/not_l4")),
+        ("dnat", Icmp) => (TC_ACT_UNSPEC, Some("dnat/icmp_passed")),
         // Not IPv4: handed on before any check; IPv4 from the container's
         // own address that snat cannot parse: handed on to tproxy.
         ("snat", _) => (TC_ACT_UNSPEC, Some("snat/handed_on")),
@@ -224,7 +228,7 @@ fn documented(prog: &str, class: Class) -> (i32, Option<&'static str>) {
         ("tproxy_ingress", Arp) => (TC_ACT_OK, None),
         ("tproxy_ingress", Malformed) => (TC_ACT_SHOT, Some("tproxy_ingress/malformed_dropped")),
         ("tproxy_ingress", Fragment) => (TC_ACT_SHOT, Some("tproxy_ingress/fragment_dropped")),
-        ("tproxy_ingress", NotL4) => (TC_ACT_SHOT, Some("tproxy_ingress/l4_dropped")),
+        ("tproxy_ingress", NotL4 | Icmp) => (TC_ACT_SHOT, Some("tproxy_ingress/l4_dropped")),
         ("tproxy_egress", _) => (TC_ACT_OK, Some("tproxy_egress/passed")),
         _ => unreachable!("no program {prog}"),
     }
@@ -300,14 +304,14 @@ fn ipv4_shapes(tcp: &Pkt, udp: &Pkt) -> Vec<Shape> {
             put16(f, 20, 0x00b9);
         }), Fragment),
         shape("fragment with ip options", edit(&o, |f| put16(f, 20, 0x2000)), Fragment),
-        shape("icmp", edit(&t, |f| f[23] = ICMP), NotL4),
+        shape("icmp", edit(&t, |f| f[23] = ICMP), Icmp),
         shape("protocol 0", edit(&t, |f| f[23] = 0), NotL4),
         shape("gre (47)", edit(&t, |f| f[23] = 47), NotL4),
         shape("sctp (132)", edit(&u, |f| f[23] = 132), NotL4),
         shape("icmp, 34 bytes", edit(&t[..34], |f| {
             put16(f, 16, 20);
             f[23] = ICMP;
-        }), NotL4),
+        }), Icmp),
     ];
     // And an ICMP fragment: the fragment check comes first.
     v.push(shape("icmp fragment", edit(&t, |f| {
@@ -446,10 +450,15 @@ fn malformed_frames_through_every_program() {
     let from_ctr = |p: Pkt| p.macs(CTR0, v0mac);
     let to_ctr = |p: Pkt| p.macs(v0mac, CTR0);
     let to_ext = |p: Pkt| p.macs(PEER, env.ext.1);
+    let syn = |mut p: Pkt| {
+        p.tcp_flags = 0x02;
+        p
+    };
     let bases: [(&str, u32, Pkt, Pkt, i32, &str, &str); 5] = [
         (
+            // Its control rows record the flows snat's control rows reply to.
             "dnat",
-            0,
+            env.ext.0,
             to_ext(Pkt::tcp((v4(PLAYER), 40000), (v4(EXT_IP), 30001))),
             to_ext(Pkt::udp((v4(PLAYER), 40001), (v4(EXT_IP), 30002))),
             TC_ACT_REDIRECT,
@@ -477,7 +486,7 @@ fn malformed_frames_through_every_program() {
         (
             "tproxy_ingress",
             v0,
-            from_ctr(Pkt::tcp((ctr, 40443), (ip("192.0.2.43"), 443))),
+            syn(from_ctr(Pkt::tcp((ctr, 40443), (ip("192.0.2.43"), 443)))),
             from_ctr(Pkt::udp((ctr, 5353), (ip("8.8.8.8"), 53))),
             TC_ACT_OK,
             "tproxy_ingress/tcp",
@@ -524,7 +533,7 @@ fn malformed_frames_through_every_program() {
         if *name != "dnat" {
             for s in &shapes {
                 let (mut verdict, mut counter) = documented(name, s.class);
-                let ipv4 = matches!(s.class, Class::Malformed | Class::Fragment | Class::NotL4);
+                let ipv4 = matches!(s.class, Class::Malformed | Class::Fragment | Class::NotL4 | Class::Icmp);
                 match *name {
                     "snat" if ipv4 => (verdict, counter) = (TC_ACT_SHOT, Some("snat/unregistered")),
                     "tproxy_ingress" if ipv4 => (verdict, counter) = (TC_ACT_SHOT, Some("tproxy_ingress/unregistered")),
@@ -536,7 +545,7 @@ fn malformed_frames_through_every_program() {
             }
         }
         if *name == "snat" || *name == "tproxy_ingress" {
-            for s in shapes.iter().filter(|s| matches!(s.class, Class::Malformed | Class::Fragment | Class::NotL4)) {
+            for s in shapes.iter().filter(|s| matches!(s.class, Class::Malformed | Class::Fragment | Class::NotL4 | Class::Icmp)) {
                 let spoofed = edit(&s.frame, |f| f[26..30].copy_from_slice(&[10, 9, 9, 9]));
                 let counter = if *name == "snat" { "snat/spoofed" } else { "tproxy_ingress/spoofed" };
                 run_untouched(&env.root, &prog, &format!("{name}, spoofed source: {}", s.name), &spoofed, v0, TC_ACT_SHOT, Some(counter));
@@ -722,6 +731,9 @@ enum Rewrite {
     Dst { mac: Option<[u8; 6]>, ip: [u8; 4], port: u16 },
     /// New source.
     Src { ip: [u8; 4], port: u16 },
+    /// An ICMP error translated for the container: outer destination and
+    /// MAC, embedded source address and port.
+    Icmp { mac: [u8; 6], ip: [u8; 4], port: u16 },
     /// The whole expected frame (ARP replies carry no checksums).
     Frame(Vec<u8>),
 }
@@ -730,6 +742,19 @@ enum Rewrite {
 /// to (original address, proxy address, original port, proxy port).
 type FlowKey = ([u8; 4], u16, u8);
 type FlowVal = ([u8; 4], [u8; 4], u16, u16);
+/// flows4 and host_flows4 keys: (container address, container port, peer
+/// address, peer port, proto).
+type PubKey = ([u8; 4], u16, [u8; 4], u16, u8);
+/// flows4 values: (ext address, host port, ext ifindex, veth ifindex, slot).
+type PubVal = ([u8; 4], u16, u32, u32, u32);
+
+/// A packet's share of a published port's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PortDelta {
+    slot: u32,
+    inbound: bool,
+    conn: bool,
+}
 
 #[derive(Debug)]
 struct Expect {
@@ -737,10 +762,13 @@ struct Expect {
     counter: Option<&'static str>,
     rewrite: Rewrite,
     flow: Option<(FlowKey, FlowVal)>,
+    pub_flow: Option<(PubKey, PubVal)>,
+    host_flow: Option<(PubKey, u32)>,
+    port: Option<PortDelta>,
 }
 
 fn expect(verdict: i32, counter: Option<&'static str>) -> Expect {
-    Expect { verdict, counter, rewrite: Rewrite::None, flow: None }
+    Expect { verdict, counter, rewrite: Rewrite::None, flow: None, pub_flow: None, host_flow: None, port: None }
 }
 
 /// A registered veth: (container address, host address, host MAC).
@@ -749,13 +777,78 @@ type Registered = ([u8; 4], [u8; 4], [u8; 6]);
 /// Source address and port, destination address and port, protocol.
 type Tuple = ([u8; 4], u16, [u8; 4], u16, u8);
 
-/// The programs, written out again in Rust from DESIGN.md and the
+/// The router that sends the ICMP errors of the property cases.
+const ROUTER: [u8; 4] = [192, 0, 2, 254];
+
+/// An ICMP destination-unreachable as dnat reads it: the embedded header
+/// and ports, where the checksums are, and whether the embedded L4
+/// checksum is carried.
+#[derive(Clone, Copy, Debug)]
+struct IcmpView {
+    icmp: usize,
+    inner: usize,
+    in_ihl: usize,
+    proto: u8,
+    ext: [u8; 4],
+    player: [u8; 4],
+    sport: u16,
+    dport: u16,
+    /// Offset of the embedded L4 checksum, if the translation updates it.
+    l4_csum: Option<usize>,
+}
+
+fn icmp_view(f: &[u8], v: &View) -> Option<IcmpView> {
+    let icmp = 14 + v.ihl;
+    let avail = v.tot - v.ihl;
+    if avail < 8 + 20 + 8 || f[icmp] != 3 {
+        return None;
+    }
+    let inner = icmp + 8;
+    let in_ihl = usize::from(f[inner] & 0xf) * 4;
+    let proto = f[inner + 9];
+    let l4_min = if proto == TCP { 20 } else { 8 };
+    if f[inner] >> 4 != 4
+        || in_ihl < 20
+        || be16(f, inner + 6) & 0x1fff != 0
+        || (proto != TCP && proto != UDP)
+        || usize::from(be16(f, inner + 2)) < in_ihl + l4_min
+        || 8 + in_ihl + 8 > avail
+    {
+        return None;
+    }
+    let ports = inner + in_ihl;
+    let l4_csum = match proto {
+        UDP if be16(f, ports + 6) != 0 => Some(ports + 6),
+        TCP if 8 + in_ihl + 18 <= avail => Some(ports + 16),
+        _ => None,
+    };
+    Some(IcmpView {
+        icmp,
+        inner,
+        in_ihl,
+        proto,
+        ext: ip4(f, inner + 12),
+        player: ip4(f, inner + 16),
+        sport: be16(f, ports),
+        dport: be16(f, ports + 2),
+        l4_csum,
+    })
+}
+
+/// The programs, written out again in Rust from ARCHITECTURE.md and the
 /// programs' comments, over the maps as `env()` sets them up.
 struct Model {
     veths: HashMap<u32, Registered>,
     /// Interface index of dpv0..dpv2.
     veth_index: [u32; 3],
+    /// Interface index of the external interface (dnat's skb->ifindex).
+    ext_index: u32,
     flows: HashMap<FlowKey, FlowVal>,
+    pub_flows: HashMap<PubKey, PubVal>,
+    host_flows: HashMap<PubKey, u32>,
+    /// Per-port counters: packets in, bytes in, packets out, bytes out,
+    /// connections, by slot.
+    ports: BTreeMap<u32, [u64; 5]>,
 }
 
 impl Model {
@@ -766,25 +859,65 @@ impl Model {
                 veths.insert(env.veths[i].0, (CTR_IPS[i], HOST_IPS[i], env.veths[i].1));
             }
         }
-        Self { veths, veth_index: [env.veths[0].0, env.veths[1].0, env.veths[2].0], flows: HashMap::new() }
+        Self {
+            veths,
+            veth_index: [env.veths[0].0, env.veths[1].0, env.veths[2].0],
+            ext_index: env.ext.0,
+            flows: HashMap::new(),
+            pub_flows: HashMap::new(),
+            host_flows: HashMap::new(),
+            ports: BTreeMap::new(),
+        }
     }
 
-    fn dnat(&self, v: &View) -> Expect {
+    /// The mapping (and its slot) dnat finds for (ext address, host port,
+    /// proto): every mapping of PUBLISHED is on the default address.
+    fn published(ext: [u8; 4], port: u16, proto: u8) -> Option<(usize, &'static Pub)> {
+        if ext != EXT_IP {
+            return None;
+        }
+        PUBLISHED.iter().enumerate().find(|(_, p)| p.host_port == port && p.proto == proto)
+    }
+
+    fn dnat(&self, f: &[u8], v: &View, ifindex: u32) -> Expect {
         match v.parse {
             Parse::NotIpv4 => return expect(TC_ACT_UNSPEC, Some("dnat/not_ipv4")),
+            Parse::NotL4 if v.proto == ICMP => return self.dnat_icmp(f, v),
             Parse::NotL4 => return expect(TC_ACT_UNSPEC, Some("dnat/not_l4")),
             Parse::Fragment => return expect(TC_ACT_UNSPEC, Some("dnat/fragment")),
             Parse::Malformed => return expect(TC_ACT_UNSPEC, Some("dnat/malformed")),
             Parse::Ok => {}
         }
-        match PUBLISHED.iter().find(|p| p.host_port == v.dport && p.proto == v.proto) {
+        match Self::published(v.dst, v.dport, v.proto) {
             None => expect(TC_ACT_UNSPEC, Some("dnat/miss")),
-            Some(p) => Expect {
-                verdict: TC_ACT_REDIRECT,
-                counter: Some("dnat/redirect"),
-                rewrite: Rewrite::Dst { mac: Some(p.mac), ip: p.ctr, port: p.ctr_port },
-                flow: None,
+            Some((slot, p)) => {
+                let key = (p.ctr, p.ctr_port, v.src, v.sport, p.proto);
+                let val = (EXT_IP, p.host_port, ifindex, self.veth_index[p.veth], slot as u32);
+                let conn = if v.proto == TCP { v.syn_only } else { !self.pub_flows.contains_key(&key) };
+                Expect {
+                    rewrite: Rewrite::Dst { mac: Some(p.mac), ip: p.ctr, port: p.ctr_port },
+                    pub_flow: Some((key, val)),
+                    port: Some(PortDelta { slot: slot as u32, inbound: true, conn }),
+                    ..expect(TC_ACT_REDIRECT, Some("dnat/redirect"))
+                }
+            }
+        }
+    }
+
+    fn dnat_icmp(&self, f: &[u8], v: &View) -> Expect {
+        let pass = expect(TC_ACT_UNSPEC, Some("dnat/icmp_passed"));
+        let Some(iv) = icmp_view(f, v) else { return pass };
+        if v.dst != iv.ext {
+            return pass;
+        }
+        let Some((_, p)) = Self::published(iv.ext, iv.sport, iv.proto) else { return pass };
+        match self.pub_flows.get(&(p.ctr, p.ctr_port, iv.player, iv.dport, iv.proto)) {
+            Some(&(ext, port, _, _, slot)) if ext == iv.ext && port == iv.sport => Expect {
+                rewrite: Rewrite::Icmp { mac: p.mac, ip: p.ctr, port: p.ctr_port },
+                port: Some(PortDelta { slot, inbound: true, conn: false }),
+                ..expect(TC_ACT_REDIRECT, Some("dnat/icmp_translated"))
             },
+            _ => pass,
         }
     }
 
@@ -801,19 +934,14 @@ impl Model {
         if v.parse != Parse::Ok {
             return expect(TC_ACT_UNSPEC, Some("snat/handed_on"));
         }
-        let hit = PUBLISHED.iter().find(|p| {
-            p.ctr == v.src && p.ctr_port == v.sport && p.proto == v.proto && self.veth_index[p.veth] == ifindex
-        });
-        match hit {
-            None => expect(TC_ACT_UNSPEC, Some("snat/handed_on")),
-            // A SYN opens a connection, so it is never a reply.
-            Some(_) if v.syn_only => expect(TC_ACT_UNSPEC, Some("snat/handed_on")),
-            Some(p) => Expect {
-                verdict: TC_ACT_REDIRECT,
-                counter: Some("snat/redirect"),
-                rewrite: Rewrite::Src { ip: EXT_IP, port: p.host_port },
-                flow: None,
+        // A reply only if it reverses a recorded flow, on that flow's veth.
+        match self.pub_flows.get(&(v.src, v.sport, v.dst, v.dport, v.proto)) {
+            Some(&(ext, port, _, veth, slot)) if veth == ifindex => Expect {
+                rewrite: Rewrite::Src { ip: ext, port },
+                port: Some(PortDelta { slot, inbound: false, conn: false }),
+                ..expect(TC_ACT_REDIRECT, Some("snat/redirect"))
             },
+            _ => expect(TC_ACT_UNSPEC, Some("snat/handed_on")),
         }
     }
 
@@ -845,7 +973,7 @@ impl Model {
         o[28..32].copy_from_slice(&tip);
         o[32..38].copy_from_slice(&f[22..28]);
         o[38..42].copy_from_slice(&sip);
-        Expect { verdict: TC_ACT_REDIRECT, counter: Some("arp/replied"), rewrite: Rewrite::Frame(o), flow: None }
+        Expect { rewrite: Rewrite::Frame(o), ..expect(TC_ACT_REDIRECT, Some("arp/replied")) }
     }
 
     fn tproxy_ingress(&self, f: &[u8], v: &View, ifindex: u32) -> Expect {
@@ -874,33 +1002,75 @@ impl Model {
         let (port, counter) = if v.dport == 53 {
             (PROXY_PORTS.0, "tproxy_ingress/dns")
         } else if v.proto != TCP {
-            return drop("tproxy_ingress/udp_dropped");
+            (0, "tproxy_ingress/udp_dropped")
         } else if v.dport == 80 {
             (PROXY_PORTS.1, "tproxy_ingress/http")
         } else {
             (PROXY_PORTS.2, "tproxy_ingress/tcp")
         };
-        Expect {
-            verdict: TC_ACT_OK,
-            counter: Some(counter),
-            rewrite: Rewrite::Dst { mac: None, ip: host, port },
-            flow: Some(((v.src, v.sport, v.proto), (v.dst, host, v.dport, port))),
+        let proxied = port != 0;
+        let opens = if v.proto == TCP { v.syn_only } else { proxied };
+        // 1. A packet of a recorded proxied flow.
+        let key = (v.src, v.sport, v.proto);
+        if let Some(&(orig, proxy_ip, orig_port, proxy_port)) = self.flows.get(&key) {
+            if proxied && orig == v.dst && orig_port == v.dport {
+                return Expect {
+                    rewrite: Rewrite::Dst { mac: None, ip: proxy_ip, port: proxy_port },
+                    ..expect(TC_ACT_OK, Some(counter))
+                };
+            }
         }
+        // 2. A new proxied flow.
+        if opens {
+            return Expect {
+                rewrite: Rewrite::Dst { mac: None, ip: host, port },
+                flow: Some((key, (v.dst, host, v.dport, port))),
+                ..expect(TC_ACT_OK, Some(counter))
+            };
+        }
+        // 3. A reply to the host (no host socket exists here for TCP).
+        if v.proto == UDP && self.host_flows.get(&(v.src, v.sport, v.dst, v.dport, UDP)) == Some(&ifindex) {
+            return expect(TC_ACT_OK, Some("tproxy_ingress/host_reply"));
+        }
+        // 4.
+        drop(if v.proto == TCP { "tproxy_ingress/no_flow_dropped" } else { "tproxy_ingress/udp_dropped" })
     }
 
-    fn tproxy_egress(&self, v: &View) -> Expect {
+    fn tproxy_egress(&self, v: &View, ifindex: u32) -> Expect {
         let pass = expect(TC_ACT_OK, Some("tproxy_egress/passed"));
         if v.parse != Parse::Ok {
             return pass;
         }
         match self.flows.get(&(v.dst, v.dport, v.proto)) {
             Some(&(orig_ip, proxy_ip, orig_port, proxy_port)) if proxy_port == v.sport && proxy_ip == v.src => Expect {
-                verdict: TC_ACT_OK,
-                counter: Some("tproxy_egress/restored"),
                 rewrite: Rewrite::Src { ip: orig_ip, port: orig_port },
-                flow: None,
+                ..expect(TC_ACT_OK, Some("tproxy_egress/restored"))
+            },
+            _ if v.proto == UDP => Expect {
+                host_flow: Some(((v.dst, v.dport, v.src, v.sport, UDP), ifindex)),
+                ..expect(TC_ACT_OK, Some("tproxy_egress/host_udp"))
             },
             _ => pass,
+        }
+    }
+
+    /// Applies what the program recorded and counted.
+    fn apply(&mut self, e: &Expect, bytes: usize) {
+        if let Some((k, v)) = e.flow {
+            self.flows.insert(k, v);
+        }
+        if let Some((k, v)) = e.pub_flow {
+            self.pub_flows.insert(k, v);
+        }
+        if let Some((k, v)) = e.host_flow {
+            self.host_flows.insert(k, v);
+        }
+        if let Some(p) = e.port {
+            let c = self.ports.entry(p.slot).or_default();
+            let (pk, by) = if p.inbound { (0, 1) } else { (2, 3) };
+            c[pk] += 1;
+            c[by] += bytes as u64;
+            c[4] += u64::from(p.conn);
         }
     }
 }
@@ -1031,6 +1201,7 @@ struct Case {
     aim: Option<usize>,
     ip_options: Vec<u8>,
     tcp_options: Vec<u8>,
+    tcp_flags: u8,
     payload: Vec<u8>,
     udp_no_csum: bool,
     frag: u16,
@@ -1038,6 +1209,9 @@ struct Case {
     pad: usize,
     vlan: Option<u16>,
     arp: Option<ArpCase>,
+    /// dnat, aimed: an ICMP error (type, code, bytes of the packet it
+    /// carries) about the host's reply of seeded flow n instead.
+    icmp: Option<(u8, u8, usize)>,
     mutations: Vec<Mutation>,
 }
 
@@ -1112,10 +1286,12 @@ fn case_strategy(prog: Prog, seeded_flows: usize) -> BoxedStrategy<Case> {
         port_strategy(),
         port_strategy(),
     );
+    let icmp_weight = if prog == Prog::Dnat { 2 } else { 0 };
     let body = (
         prop_oneof![1 => Just(None), 1 => (0..aims).prop_map(Some)],
         options(),
         options(),
+        prop_oneof![3 => Just(0x18u8), 3 => Just(0x02u8), 1 => Just(0x12u8), 1 => Just(0x10u8), 1 => any::<u8>()],
         prop::collection::vec(any::<u8>(), 0..160),
         prop_oneof![4 => Just(false), 1 => Just(true)],
         prop_oneof![6 => Just(0x4000u16), 3 => Just(0u16), 1 => any::<u16>()],
@@ -1125,14 +1301,18 @@ fn case_strategy(prog: Prog, seeded_flows: usize) -> BoxedStrategy<Case> {
         prop_oneof![4 => Just(0usize), 1 => 1usize..40],
         prop_oneof![19 => Just(None), 1 => any::<u16>().prop_map(Some)],
         prop_oneof![9 => Just(None), arp_weight => arp_strategy().prop_map(Some)],
+        prop_oneof![
+            3 => Just(None),
+            icmp_weight => (prop_oneof![6 => Just(3u8), 1 => any::<u8>()], 0u8..16, 20usize..600).prop_map(Some)
+        ],
         prop_oneof![9 => Just(Vec::new()), 11 => prop::collection::vec(mutation_strategy(), 1..4)],
     );
     (head, body, tail)
         .prop_map(
             |(
                 (veth, proto, src, dst, sport, dport),
-                (aim, ip_options, tcp_options, payload, udp_no_csum, frag),
-                (ttl, pad, vlan, arp, mutations),
+                (aim, ip_options, tcp_options, tcp_flags, payload, udp_no_csum, frag),
+                (ttl, pad, vlan, arp, icmp, mutations),
             )| Case {
                 veth,
                 proto,
@@ -1143,6 +1323,7 @@ fn case_strategy(prog: Prog, seeded_flows: usize) -> BoxedStrategy<Case> {
                 aim,
                 ip_options,
                 tcp_options,
+                tcp_flags,
                 payload,
                 udp_no_csum,
                 frag,
@@ -1150,6 +1331,7 @@ fn case_strategy(prog: Prog, seeded_flows: usize) -> BoxedStrategy<Case> {
                 pad,
                 vlan,
                 arp,
+                icmp,
                 mutations,
             },
         )
@@ -1171,6 +1353,25 @@ fn seeded_flows() -> Vec<(FlowKey, FlowVal)> {
     v
 }
 
+/// Published flows seeded into flows4 for the dnat (ICMP errors) and snat
+/// (replies) properties: player port 40000 + n for published port n.
+fn seeded_pub_flows(model: &Model) -> Vec<(PubKey, PubVal)> {
+    PUBLISHED
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                (p.ctr, p.ctr_port, PLAYER, 40000 + i as u16, p.proto),
+                (EXT_IP, p.host_port, model.ext_index, model.veth_index[p.veth], i as u32),
+            )
+        })
+        .collect()
+}
+
+fn pub_key(k: &PubKey) -> types::flow4_key {
+    types::flow4_key::new(v4(k.0), k.1, v4(k.2), k.3, proto_of(k.4))
+}
+
 fn flow_key(k: &FlowKey) -> types::ctr_endpoint {
     types::ctr_endpoint::new(v4(k.0), k.1, proto_of(k.2))
 }
@@ -1178,7 +1379,8 @@ fn flow_key(k: &FlowKey) -> types::ctr_endpoint {
 /// The frame and the ifindex the program sees, for one case.
 fn build_case(prog: Prog, env: &Env, flows: &[(FlowKey, FlowVal)], c: &Case) -> (Vec<u8>, u32) {
     let mut veth = c.veth;
-    let (mut src_sel, mut sport_sel, mut proto) = (c.src.clone(), c.sport.clone(), c.proto);
+    let (mut src_sel, sport_sel, proto) = (c.src.clone(), c.sport.clone(), c.proto);
+    let mut tcp_flags = c.tcp_flags;
     let mut arp = c.arp.clone();
     let mut aimed: Option<Tuple> = None;
     match (prog, c.aim) {
@@ -1190,11 +1392,13 @@ fn build_case(prog: Prog, env: &Env, flows: &[(FlowKey, FlowVal)], c: &Case) -> 
         (Prog::Snat, Some(i)) => {
             let p = &PUBLISHED[i];
             veth = p.veth;
-            (src_sel, sport_sel, proto) = (Addr::Ctr, Port::Published(i), p.proto);
+            aimed = Some((CTR_IPS[p.veth], p.ctr_port, PLAYER, 40000 + i as u16, p.proto));
         }
         (Prog::TproxyIngress, Some(i)) => {
             veth = i;
             src_sel = Addr::Ctr;
+            // The container opens a connection: a SYN.
+            tcp_flags = 0x02;
         }
         (Prog::TproxyEgress, Some(i)) => {
             let ((ctr, ctr_port, p), (_, proxy_ip, _, proxy_port)) = flows[i];
@@ -1213,7 +1417,7 @@ fn build_case(prog: Prog, env: &Env, flows: &[(FlowKey, FlowVal)], c: &Case) -> 
             });
         }
     }
-    let ifindex = if prog == Prog::Dnat { 0 } else { env.veths[veth].0 };
+    let ifindex = if prog == Prog::Dnat { env.ext.0 } else { env.veths[veth].0 };
     let addr = |a: &Addr| -> [u8; 4] {
         match a {
             Addr::Ctr if prog == Prog::Dnat => PLAYER,
@@ -1232,7 +1436,25 @@ fn build_case(prog: Prog, env: &Env, flows: &[(FlowKey, FlowVal)], c: &Case) -> 
             Port::Any(x) => *x,
         }
     };
-    let mut frame = if let Some(a) = &arp {
+    let icmp_about = match (prog, c.aim, c.icmp) {
+        (Prog::Dnat, Some(i), Some(icmp)) => Some((&PUBLISHED[i], i, icmp)),
+        _ => None,
+    };
+    let mut frame = if let Some((p, i, (icmp_type, code, keep))) = icmp_about {
+        // The host's reply of seeded flow i, as the router saw it.
+        let mut h = Pkt::tcp((v4(EXT_IP), p.host_port), (v4(PLAYER), 40000 + i as u16));
+        h.proto = p.proto;
+        h.payload = c.payload.clone();
+        h.udp_no_csum = c.udp_no_csum;
+        h.ip_options = c.ip_options[..c.ip_options.len() / 4 * 4].to_vec();
+        let emb = h.ip_packet();
+        let mut e = Pkt::icmp_error(v4(ROUTER), v4(EXT_IP), icmp_type, code, 1400, &emb[..keep.min(emb.len())]);
+        e.eth_src = PEER;
+        e.eth_dst = env.ext.1;
+        let mut f = e.build();
+        f.extend(std::iter::repeat_n(0xa5, c.pad));
+        f
+    } else if let Some(a) = &arp {
         let mut f = packet::arp(a.op, ctr_mac(veth), v4(addr(&a.sip)), [0; 6], v4(addr(&a.tip)), BCAST);
         put16(&mut f, 14, a.hrd);
         put16(&mut f, 16, a.pro);
@@ -1247,6 +1469,7 @@ fn build_case(prog: Prog, env: &Env, flows: &[(FlowKey, FlowVal)], c: &Case) -> 
         p.ip_options = c.ip_options[..c.ip_options.len() / 4 * 4].to_vec();
         if proto == TCP {
             p.tcp_options = c.tcp_options[..c.tcp_options.len() / 4 * 4].to_vec();
+            p.tcp_flags = tcp_flags;
         }
         p.payload = c.payload.clone();
         p.udp_no_csum = c.udp_no_csum;
@@ -1378,6 +1601,7 @@ fn check_run(input: &[u8], v: &View, out: &RunOut, e: &Expect) -> Result<(), Str
                 Err(format!("reply differs from the model's: {}", packet::first_diff(&out.data, want)))
             };
         }
+        Rewrite::Icmp { mac, ip, port } => return check_icmp(input, v, out, *mac, *ip, *port),
         Rewrite::Dst { mac, ip, port } => (*mac, 30, *ip, v.l4 + 2, *port),
         Rewrite::Src { ip, port } => (None, 26, *ip, v.l4, *port),
     };
@@ -1418,6 +1642,60 @@ fn check_run(input: &[u8], v: &View, out: &RunOut, e: &Expect) -> Result<(), Str
     Ok(())
 }
 
+/// Checks a translated ICMP error: exactly the outer destination and MAC,
+/// the embedded source address and port, and the checksums covering them
+/// changed; every checksum keeps its residue (a checksum that verified
+/// still does).
+fn check_icmp(input: &[u8], v: &View, out: &RunOut, mac: [u8; 6], ip: [u8; 4], port: u16) -> Result<(), String> {
+    let iv = icmp_view(input, v).ok_or("the model translated an ICMP packet dnat cannot read")?;
+    let o = &out.data;
+    let mut want = input.to_vec();
+    want[0..6].copy_from_slice(&mac);
+    want[30..34].copy_from_slice(&ip);
+    want[iv.inner + 12..iv.inner + 16].copy_from_slice(&ip);
+    put16(&mut want, iv.inner + iv.in_ihl, port);
+    let mut sums = vec![24, iv.icmp + 2, iv.inner + 10];
+    sums.extend(iv.l4_csum);
+    for at in &sums {
+        want[*at..at + 2].copy_from_slice(&o[*at..at + 2]);
+    }
+    if *o != want {
+        return Err(format!("bytes beyond the translated fields changed: {}", packet::first_diff(o, &want)));
+    }
+    let end = 14 + v.tot;
+    let range = |f: &[u8], a: usize, b: usize| residue(packet::csum_add(0, &f[a..b]));
+    if range(o, 14, 14 + v.ihl) != range(input, 14, 14 + v.ihl) {
+        return Err("outer IPv4 header checksum residue changed".into());
+    }
+    if range(o, iv.icmp, end) != range(input, iv.icmp, end) {
+        return Err("ICMP checksum residue changed".into());
+    }
+    if range(o, iv.inner, iv.inner + iv.in_ihl) != range(input, iv.inner, iv.inner + iv.in_ihl) {
+        return Err("embedded IPv4 header checksum residue changed".into());
+    }
+    if iv.proto == UDP && iv.l4_csum.is_none() && be16(o, iv.inner + iv.in_ihl + 6) != 0 {
+        return Err("an embedded UDP datagram without a checksum got one".into());
+    }
+    // The embedded L4 checksum, when the whole embedded packet is there.
+    let in_tot = usize::from(be16(input, iv.inner + 2));
+    if let Some(at) = iv.l4_csum {
+        if iv.inner + in_tot <= end && in_tot >= iv.in_ihl {
+            let seg = |f: &[u8]| {
+                let l4 = &f[iv.inner + iv.in_ihl..iv.inner + in_tot];
+                let sum = packet::pseudo_sum(v4(ip4(f, iv.inner + 12)), v4(ip4(f, iv.inner + 16)), iv.proto, l4.len());
+                residue(packet::csum_add(sum, l4))
+            };
+            if seg(o) != seg(input) {
+                return Err(format!("embedded L4 checksum residue changed (field at {at})"));
+            }
+        }
+    }
+    if packet::verify_checksums(input).is_ok() {
+        packet::verify_checksums(o).map_err(|e| format!("input checksums were valid, output: {e}"))?;
+    }
+    Ok(())
+}
+
 /// What the property runs tally: counters the model expects to move, and
 /// a breakdown for the report.
 #[derive(Default)]
@@ -1430,8 +1708,22 @@ struct Tally {
     first_failure: Option<String>,
 }
 
-fn map_counts(root: &TestRoot) -> [usize; 4] {
-    ["dnat_ports", "snat_ports", "veths", "proxy_flows"].map(|m| maps::count(&maps::open(&root.pins, m).unwrap()))
+const COUNTED: [&str; 6] = ["mappings", "dnat4", "veths", "proxy_flows", "flows4", "host_flows4"];
+
+fn map_counts(root: &TestRoot) -> [usize; 6] {
+    COUNTED.map(|m| maps::count(&maps::open(&root.pins, m).unwrap()))
+}
+
+/// port_stats of the slots PUBLISHED uses, summed over CPUs, in the
+/// model's order (packets in, bytes in, packets out, bytes out, conns).
+fn port_stats(root: &TestRoot) -> BTreeMap<u32, [u64; 5]> {
+    let m = maps::open(&root.pins, "port_stats").unwrap();
+    (0..PUBLISHED.len() as u32)
+        .map(|s| {
+            let c = maps::port_counters(&m, s).unwrap();
+            (s, [c.pkts_in, c.bytes_in, c.pkts_out, c.bytes_out, c.conns])
+        })
+        .collect()
 }
 
 fn property_cases(default: u32) -> u32 {
@@ -1448,17 +1740,30 @@ fn property(prog: Prog, default_cases: u32) {
     let cases = property_cases(default_cases);
     let env = env();
     let flows_map = maps::open(&env.root.pins, "proxy_flows").unwrap();
+    let pub_map = maps::open(&env.root.pins, "flows4").unwrap();
+    let host_map = maps::open(&env.root.pins, "host_flows4").unwrap();
     let mut model = Model::new(&env);
     let seeded = if prog == Prog::TproxyEgress { seeded_flows() } else { Vec::new() };
-    for (k, val) in &seeded {
-        let fv = types::flow_orig::new(v4(val.0), val.2, v4(val.1), val.3);
-        flows_map.update(bytes_of(&flow_key(k)), bytes_of(&fv), MapFlags::ANY).unwrap();
-        model.flows.insert(*k, *val);
-    }
+    let seed = |model: &mut Model| {
+        for (k, val) in &seeded {
+            let fv = types::flow_orig::new(v4(val.0), val.2, v4(val.1), val.3);
+            flows_map.update(bytes_of(&flow_key(k)), bytes_of(&fv), MapFlags::ANY).unwrap();
+            model.flows.insert(*k, *val);
+        }
+        if matches!(prog, Prog::Dnat | Prog::Snat) {
+            for (k, v) in seeded_pub_flows(model) {
+                let fv = types::flow4_value::new(v4(v.0), v.1, v.2, v.3, v.4);
+                pub_map.update(bytes_of(&pub_key(&k)), bytes_of(&fv), MapFlags::ANY).unwrap();
+                model.pub_flows.insert(k, v);
+            }
+        }
+    };
+    seed(&mut model);
     let _in_ns = NetnsGuard::enter(Some(&env.ns.name)).unwrap();
     let fd = prog_fd(&env.root, prog.name());
     let counts_before = map_counts(&env.root);
     let counters_before = counters(&env.root);
+    let ports_before = port_stats(&env.root);
     let model = RefCell::new(model);
     let tally = RefCell::new(Tally::default());
     let started = Instant::now();
@@ -1466,13 +1771,19 @@ fn property(prog: Prog, default_cases: u32) {
     let check_maps = |model: &Model| -> Result<(), String> {
         let now = map_counts(&env.root);
         let mut want = counts_before;
-        if prog == Prog::TproxyIngress {
-            want[3] = model.flows.len();
-        }
+        want[3] = model.flows.len();
+        want[4] = model.pub_flows.len();
+        want[5] = model.host_flows.len();
         if now != want {
-            return Err(format!(
-                "map sizes (dnat_ports, snat_ports, veths, proxy_flows) are {now:?}, the model says {want:?}"
-            ));
+            return Err(format!("map sizes {COUNTED:?} are {now:?}, the model says {want:?}"));
+        }
+        let ports = port_stats(&env.root);
+        for (slot, want) in &model.ports {
+            let (b, a) = (ports_before[slot], ports[slot]);
+            let got: Vec<u64> = (0..5).map(|i| a[i] - b[i]).collect();
+            if got != want {
+                return Err(format!("port_stats slot {slot} moved by {got:?}, the model says {want:?}"));
+            }
         }
         Ok(())
     };
@@ -1509,11 +1820,11 @@ fn property(prog: Prog, default_cases: u32) {
         }
         let v = view(&frame);
         let e = match prog {
-            Prog::Dnat => model.dnat(&v),
+            Prog::Dnat => model.dnat(&frame, &v, ifindex),
             Prog::Snat => model.snat(&v, ifindex),
             Prog::Arp => model.arp(&frame, ifindex),
             Prog::TproxyIngress => model.tproxy_ingress(&frame, &v, ifindex),
-            Prog::TproxyEgress => model.tproxy_egress(&v),
+            Prog::TproxyEgress => model.tproxy_egress(&v, ifindex),
         };
         if let Err(msg) = check_run(&frame, &v, &out, &e) {
             return fail(&mut tally, msg);
@@ -1524,25 +1835,47 @@ fn property(prog: Prog, default_cases: u32) {
         if let Some(c) = e.counter {
             *tally.counters.entry(c).or_default() += 1;
         }
+        model.apply(&e, frame.len());
         if let Some((k, val)) = e.flow {
-            model.flows.insert(k, val);
             let got: Option<types::flow_orig> = maps::lookup(&flows_map, &flow_key(&k)).unwrap();
             let got = got.map(|g| (g.orig_ip().octets(), g.proxy_ip().octets(), g.orig_port(), g.proxy_port()));
             if got != Some(val) {
                 return fail(&mut tally, format!("proxy_flows holds {got:?} for {k:?}, expected {val:?}"));
             }
         }
+        if let Some((k, val)) = e.pub_flow {
+            let got: Option<types::flow4_value> = maps::lookup(&pub_map, &pub_key(&k)).unwrap();
+            let got = got.map(|g| (g.ext_addr().octets(), g.host_port(), g.ext_ifindex, g.veth_ifindex, g.slot));
+            if got != Some(val) {
+                return fail(&mut tally, format!("flows4 holds {got:?} for {k:?}, expected {val:?}"));
+            }
+        }
+        if let Some((k, val)) = e.host_flow {
+            let got: Option<types::host_flow_value> = maps::lookup(&host_map, &pub_key(&k)).unwrap();
+            if got.map(|g| g.veth_ifindex) != Some(val) {
+                return fail(&mut tally, format!("host_flows4 holds {got:?} for {k:?}, expected veth {val}"));
+            }
+        }
         if tally.cases % 5000 == 0 {
             if let Err(msg) = check_maps(&model) {
                 return fail(&mut tally, msg);
             }
-            // Keep proxy_flows far from its capacity, where the LRU would
-            // start evicting and the model would no longer know its size.
-            if model.flows.len() > 30000 {
+            // Keep the LRU maps far from their capacity, where they would
+            // start evicting and the model would no longer know their size.
+            if model.flows.len() + model.pub_flows.len() + model.host_flows.len() > 30000 {
                 for k in model.flows.keys() {
                     flows_map.delete(bytes_of(&flow_key(k))).unwrap();
                 }
+                for k in model.pub_flows.keys() {
+                    pub_map.delete(bytes_of(&pub_key(k))).unwrap();
+                }
+                for k in model.host_flows.keys() {
+                    host_map.delete(bytes_of(&pub_key(k))).unwrap();
+                }
                 model.flows.clear();
+                model.pub_flows.clear();
+                model.host_flows.clear();
+                seed(&mut model);
             }
         }
         Ok(())
@@ -1590,10 +1923,8 @@ fn checker_catches_bad_rewrites() {
     let v = view(&input);
     assert_eq!(v.parse, Parse::Ok);
     let e = Expect {
-        verdict: TC_ACT_REDIRECT,
-        counter: Some("dnat/redirect"),
         rewrite: Rewrite::Dst { mac: Some(CTR0), ip: CTR_IPS[0], port: 25565 },
-        flow: None,
+        ..expect(TC_ACT_REDIRECT, Some("dnat/redirect"))
     };
     let run = |data: Vec<u8>, verdict| RunOut { verdict, data, duration_ns: 0 };
     check_run(&input, &v, &run(good.clone(), TC_ACT_REDIRECT), &e).expect("a right rewrite");
@@ -1628,6 +1959,37 @@ fn checker_catches_bad_rewrites() {
     check_run(&u, &uv, &run(ugood.clone(), TC_ACT_REDIRECT), &ue).expect("a right udp rewrite");
     let with_csum = edit_raw(&ugood, |f| put16(f, 14 + 20 + 6, 0x1234));
     assert!(check_run(&u, &uv, &run(with_csum, TC_ACT_REDIRECT), &ue).is_err(), "the checker missed a made-up udp checksum");
+
+    // An ICMP error about the host's reply, translated for the container.
+    let mut host = Pkt::tcp((v4(EXT_IP), 30001), (v4(PLAYER), 40000));
+    host.payload = vec![7; 40];
+    let mut ctr = host.clone();
+    ctr.src = v4(CTR_IPS[0]);
+    ctr.sport = 25565;
+    let input = Pkt::icmp_error(v4(ROUTER), v4(EXT_IP), 3, 4, 1400, &host.ip_packet()).macs(PEER, CTR1).build();
+    let good = Pkt::icmp_error(v4(ROUTER), v4(CTR_IPS[0]), 3, 4, 1400, &ctr.ip_packet()).macs(PEER, CTR0).build();
+    let iv = view(&input);
+    assert_eq!((iv.parse, iv.proto), (Parse::NotL4, ICMP));
+    let ie = Expect {
+        rewrite: Rewrite::Icmp { mac: CTR0, ip: CTR_IPS[0], port: 25565 },
+        ..expect(TC_ACT_REDIRECT, Some("dnat/icmp_translated"))
+    };
+    check_run(&input, &iv, &run(good.clone(), TC_ACT_REDIRECT), &ie).expect("a right translation");
+    let inner = 14 + 20 + 8;
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("outer ip checksum off by one", edit_raw(&good, |f| f[25] ^= 1)),
+        ("icmp checksum off by one", edit_raw(&good, |f| f[14 + 20 + 3] ^= 1)),
+        ("embedded ip checksum off by one", edit_raw(&good, |f| f[inner + 11] ^= 1)),
+        ("embedded tcp checksum off by one", edit_raw(&good, |f| f[inner + 20 + 17] ^= 1)),
+        ("embedded source port wrong", edit_raw(&good, |f| put16(f, inner + 20, 25566))),
+        ("embedded destination changed", edit_raw(&good, |f| f[inner + 19] ^= 1)),
+        ("outer destination wrong", edit_raw(&good, |f| f[33] ^= 1)),
+        ("mtu changed", edit_raw(&good, |f| f[14 + 20 + 7] ^= 1)),
+        ("not translated", input.clone()),
+    ];
+    for (what, data) in bad {
+        assert!(check_run(&input, &iv, &run(data, TC_ACT_REDIRECT), &ie).is_err(), "the checker missed: {what}");
+    }
 }
 
 fn edit_raw(f: &[u8], e: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
@@ -1698,12 +2060,17 @@ fn full_maps_are_a_clear_error() {
     let ns = one_veth_ns();
     let (ifindex, _) = ns.iface("dpv0");
     let dir = root.pins.root();
-    let dm = maps::DnatMaps::open(&root.pins).unwrap();
     let cap = datapath::abi::capacity::PUBLISHED as usize;
-    assert_eq!(cap, 65536, "DESIGN.md: 65,536 published ports");
+    assert_eq!(cap, 65536, "65,536 published ports");
+    let n = Some(ns.name.as_str());
+    let counts = || published::counts(&root.pins).unwrap();
 
-    // 65,535 TCP host ports and one UDP one, each to its own container.
-    let entry = |i: usize| maps::Published {
+    // 65,535 TCP host ports and one UDP one, each to its own container,
+    // on the default external address.
+    let o = ctl(dir, n, &["map", "snat", "set", "198.51.100.1", "dpv0"]);
+    assert_ok("snat set", &o);
+    let entry = |i: usize| Mapping {
+        ext_addr: Ext::Default,
         host_port: (i % 65535) as u16 + 1,
         proto: if i < 65535 { Proto::Tcp } else { Proto::Udp },
         ctr_ip: Ipv4Addr::from(0x0a80_0000 + i as u32),
@@ -1712,31 +2079,33 @@ fn full_maps_are_a_clear_error() {
         veth_ifindex: ifindex,
     };
     let t = Instant::now();
+    let mut txn = maps::Txn::begin(&root.pins).unwrap();
     for i in 0..cap {
-        assert_eq!(dm.add(&entry(i)).unwrap(), Change::Added, "adding entry {i}");
+        assert_eq!(published::add(&mut txn, &entry(i)).unwrap(), Change::Added, "adding entry {i}");
     }
+    txn.commit().unwrap();
     let fill = t.elapsed();
-    assert_eq!(dm.counts(), (cap, cap));
-    let before = dm.list().unwrap();
+    assert_eq!(counts(), [cap; 3]);
+    let before = ops::dnat_list(&root.pins).unwrap();
 
-    let n = Some(ns.name.as_str());
     let o = ctl(dir, n, &["map", "dnat", "add", "2", "10.0.0.2", "dpv0", "02:c0:00:00:00:02", "--proto", "udp"]);
     assert_one_line_failure("map dnat add to a full map", &o);
     assert!(o.stderr.contains("65536") && o.stderr.contains("full"), "the error must say full and name the capacity: {:?}", o.stderr);
-    assert_eq!(dm.counts(), (cap, cap), "a refused add changed the map sizes");
-    assert!(dm.list().unwrap() == before, "a refused add changed dnat_ports");
+    assert_eq!(counts(), [cap; 3], "a refused add changed the map sizes");
+    assert!(ops::dnat_list(&root.pins).unwrap() == before, "a refused add changed the mappings");
 
     // Full or not, the identical mapping again is a no-op success.
     let o = ctl(dir, n, &["--json", "map", "dnat", "add", "1", "10.128.0.0", "dpv0", "02:c0:00:00:00:02"]);
     assert_ok("identical add to a full map", &o);
     assert_eq!(o.stdout.trim(), r#"{"result":"unchanged"}"#);
-    assert_eq!(dm.counts(), (cap, cap));
+    assert_eq!(counts(), [cap; 3]);
 
-    // With room made, the refused mapping goes in.
+    // With room made, the refused mapping goes in (on the freed slot).
     assert_ok("map dnat del", &ctl(dir, n, &["map", "dnat", "del", "1"]));
-    assert_eq!(dm.counts(), (cap - 1, cap - 1));
+    assert_eq!(counts(), [cap - 1; 3]);
     assert_ok("add after a delete", &ctl(dir, n, &["map", "dnat", "add", "2", "10.0.0.2", "dpv0", "02:c0:00:00:00:02", "--proto", "udp"]));
-    assert_eq!(dm.counts(), (cap, cap));
+    assert_eq!(counts(), [cap; 3]);
+    assert_eq!(ops::dnat_get(&root.pins, Ext::Default, 2, Proto::Udp).unwrap().slot, 0, "the freed slot is reused");
 
     // Registered veths: the same, with veths full of other interfaces.
     let veths = maps::open(&root.pins, "veths").unwrap();
@@ -1750,7 +2119,7 @@ fn full_maps_are_a_clear_error() {
     assert!(o.stderr.contains(&vcap.to_string()) && o.stderr.contains("full"), "the error must say full and name the capacity: {:?}", o.stderr);
     assert_eq!(maps::count(&veths), vcap as usize);
     assert!(maps::VethMap::open(&root.pins).unwrap().get(ifindex).unwrap().is_none());
-    eprintln!("full maps: dnat_ports and snat_ports filled to {cap} in {fill:.1?}; veths to {vcap}");
+    eprintln!("full maps: mappings and dnat4 filled to {cap} in {fill:.1?}; veths to {vcap}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1868,11 +2237,11 @@ fn pins_are_root_only() {
     let maps_n = std::fs::read_dir(root.pins.maps_dir()).unwrap().count();
     let progs_n = std::fs::read_dir(root.pins.progs_dir()).unwrap().count();
     let links_n = std::fs::read_dir(root.pins.links_dir()).unwrap().count();
-    assert_eq!((maps_n, progs_n, links_n), (8, 6, 1), "pins under {}", dir.display());
-    assert_eq!(pins, 15);
+    assert_eq!((maps_n, progs_n, links_n), (maps::name::ALL.len(), 6, 1), "pins under {}", dir.display());
+    assert_eq!(pins, maps::name::ALL.len() + 6 + 1);
 
     let maps_dir = root.pins.maps_dir();
-    let dnat_pin = root.pins.map("dnat_ports");
+    let dnat_pin = root.pins.map("dnat4");
     assert_denied("ls the maps", &as_nobody("ls", &[maps_dir.to_str().unwrap()], dir));
     assert_denied("cat a pinned map", &as_nobody("cat", &[dnat_pin.to_str().unwrap()], dir));
     let o = as_nobody(env!("CARGO_BIN_EXE_datapathctl"), &["map", "dnat", "list"], dir);
@@ -1897,7 +2266,7 @@ fn pin_root_keeps_out_users_that_can_reach_it() {
     assert!(o.stdout.contains("root"), "nobody should see the pin root: {:?}", o.stdout);
     // ...the pin root is not.
     let maps_dir = root.join("maps");
-    let dnat_pin = maps_dir.join("dnat_ports");
+    let dnat_pin = maps_dir.join("dnat4");
     assert_denied("ls the pin root", &as_nobody("ls", &[root.to_str().unwrap()], &root));
     assert_denied("ls the maps", &as_nobody("ls", &[maps_dir.to_str().unwrap()], &root));
     assert_denied("cat a pinned map", &as_nobody("cat", &[dnat_pin.to_str().unwrap()], &root));
@@ -2066,6 +2435,15 @@ fn vlan_tags_do_not_cross_the_datapath() {
 
     let mut seen = Vec::new();
     for vlan in [None, Some(100u16)] {
+        // Player -> published port (which records the flow a reply needs).
+        let mut req = Pkt::udp((v4(PLAYER), 40001), (v4(EXT_IP), 30002)).macs(playermac, extmac);
+        req.vlan = vlan;
+        ctr_sock.drain();
+        let before = counters(&root);
+        ext_sock.send(&req.build());
+        let inside = udp_to(&ctr_sock, 19132);
+        let published = counters(&root)["dnat/redirect"] - before["dnat/redirect"];
+
         // Container -> player, from the published port.
         let mut reply = Pkt::udp((ip("10.0.0.2"), 19132), (v4(PLAYER), 40001)).macs(ctrmac, v0mac);
         reply.vlan = vlan;
@@ -2074,15 +2452,6 @@ fn vlan_tags_do_not_cross_the_datapath() {
         ctr_sock.send(&reply.build());
         let out = udp_to(&ext_sock, 40001);
         let redirected = counters(&root)["snat/redirect"] - before["snat/redirect"];
-
-        // Player -> published port.
-        let mut req = Pkt::udp((v4(PLAYER), 40001), (v4(EXT_IP), 30002)).macs(playermac, extmac);
-        req.vlan = vlan;
-        ctr_sock.drain();
-        let before = counters(&root);
-        ext_sock.send(&req.build());
-        let inside = udp_to(&ctr_sock, 19132);
-        let published = counters(&root)["dnat/redirect"] - before["dnat/redirect"];
         eprintln!(
             "vlan {vlan:?}: reply redirected {redirected}, seen outside as {out:?}; request redirected {published}, seen inside as {inside:?}"
         );

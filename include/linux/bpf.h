@@ -44,6 +44,43 @@ enum bpf_map_type {
 /* bpf_redirect flags */
 #define BPF_F_INGRESS		(1ULL << 0)
 
+/* bpf_sk_lookup_* / bpf_skc_lookup_tcp: netns argument */
+#define BPF_F_CURRENT_NETNS	(-1L)
+
+/* bpf_sock.state: the kernel's TCP states (include/net/tcp_states.h) */
+enum {
+	BPF_TCP_ESTABLISHED = 1,
+	BPF_TCP_SYN_SENT,
+	BPF_TCP_SYN_RECV,
+	BPF_TCP_FIN_WAIT1,
+	BPF_TCP_FIN_WAIT2,
+	BPF_TCP_TIME_WAIT,
+	BPF_TCP_CLOSE,
+	BPF_TCP_CLOSE_WAIT,
+	BPF_TCP_LAST_ACK,
+	BPF_TCP_LISTEN,
+	BPF_TCP_CLOSING,
+	BPF_TCP_NEW_SYN_RECV,
+};
+
+/* bpf_sk_lookup_* / bpf_skc_lookup_tcp: the packet's 4-tuple */
+struct bpf_sock_tuple {
+	union {
+		struct {
+			__be32 saddr;
+			__be32 daddr;
+			__be16 sport;
+			__be16 dport;
+		} ipv4;
+		struct {
+			__be32 saddr[4];
+			__be32 daddr[4];
+			__be16 sport;
+			__be16 dport;
+		} ipv6;
+	};
+};
+
 struct bpf_sock {
 	__u32 bound_dev_if;
 	__u32 family;

@@ -5,7 +5,7 @@
  * routes by a gateway or treats everything as on-link. The reply is built
  * in place and sent back out of the same veth. */
 #include <linux/if_arp.h>
-#include "dp_maps.h"
+#include "dp_verdict.h"
 #include "dp_pkt.h"
 
 SEC("tc")
@@ -15,7 +15,7 @@ int arp(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	struct ethhdr *eth = data;
 	struct arp_eth_ipv4 *body;
-	__u32 ifindex = skb->ifindex;
+	__u32 ifindex = skb->ifindex, len = skb->len;
 	struct veth_info *veth;
 	struct arphdr *arp;
 	__be32 sip, tip;
@@ -24,7 +24,7 @@ int arp(struct __sk_buff *skb)
 	 * the frame not ours: tproxy drops it as not IPv4/ARP. */
 	if ((void *)(eth + 1) > data_end || skb->vlan_present ||
 	    eth->h_proto != bpf_htons(ETH_P_ARP))
-		return TC_ACT_UNSPEC;
+		return dp_verdict(len, DP_STAT_NONE, TC_ACT_UNSPEC, NULL);
 
 	/* From here on the packet is ARP: whatever is not answered goes to
 	 * the kernel (TC_ACT_OK), never on to snat/tproxy, which would drop
@@ -35,26 +35,21 @@ int arp(struct __sk_buff *skb)
 	    arp->ar_hrd != bpf_htons(ARPHRD_ETHER) ||
 	    arp->ar_pro != bpf_htons(ETH_P_IP) ||
 	    arp->ar_hln != ETH_ALEN || arp->ar_pln != 4 ||
-	    arp->ar_op != bpf_htons(ARPOP_REQUEST)) {
-		dp_count(DP_STAT_ARP_PASSED, skb->len);
-		return TC_ACT_OK;
-	}
+	    arp->ar_op != bpf_htons(ARPOP_REQUEST))
+		return dp_verdict(len, DP_STAT_ARP_PASSED, TC_ACT_OK, NULL);
 
 	veth = bpf_map_lookup_elem(&veths, &ifindex);
-	if (!veth) {
-		dp_count(DP_STAT_ARP_UNREGISTERED, skb->len);
-		return TC_ACT_OK;
-	}
+	if (!veth)
+		return dp_verdict(len, DP_STAT_ARP_UNREGISTERED, TC_ACT_OK,
+				  NULL);
 
 	sip = body->ar_sip;
 	tip = body->ar_tip;
 	/* Probes (sender 0.0.0.0), gratuitous ARP (target == sender) and
 	 * requests for the container's own address are duplicate-address
 	 * checks: answering them would make the container see a conflict. */
-	if (!sip || tip == sip || tip == veth->ctr_ip) {
-		dp_count(DP_STAT_ARP_PASSED, skb->len);
-		return TC_ACT_OK;
-	}
+	if (!sip || tip == sip || tip == veth->ctr_ip)
+		return dp_verdict(len, DP_STAT_ARP_PASSED, TC_ACT_OK, NULL);
 
 	dp_copy_mac(eth->h_dest, eth->h_source);
 	dp_copy_mac(eth->h_source, veth->host_mac);
@@ -64,9 +59,9 @@ int arp(struct __sk_buff *skb)
 	dp_copy_mac(body->ar_sha, veth->host_mac);
 	body->ar_sip = tip;
 
-	dp_count(DP_STAT_ARP_REPLIED, skb->len);
 	/* Out of the same veth's egress: straight back to the container. */
-	return bpf_redirect(ifindex, 0);
+	return dp_verdict(len, DP_STAT_ARP_REPLIED, bpf_redirect(ifindex, 0),
+			  NULL);
 }
 
 char _license[] SEC("license") = "GPL";

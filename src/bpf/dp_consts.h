@@ -4,11 +4,18 @@
  * instead of being copied. */
 #pragma once
 
-/* Capacities of the maps (DESIGN.md: 65,536 published ports and flows). */
+/* Capacities of the maps: 65,536 published ports and registered veths,
+ * 262,144 published flows, 65,536 proxied flows. dnat4 holds the
+ * expansion of default mappings (one entry per default address), so it has
+ * room for every mapping on two default addresses. */
 enum dp_capacity {
-	DP_MAX_PUBLISHED = 65536,
-	DP_MAX_FLOWS = 65536,
+	DP_MAX_PUBLISHED = 65536,	/* mappings, mapping_rev, slots */
+	DP_MAX_DNAT = 131072,		/* dnat4 */
+	DP_MAX_FLOWS = 262144,		/* flows4 */
+	DP_MAX_PROXY_FLOWS = 65536,	/* proxy_flows */
+	DP_MAX_HOST_FLOWS = 65536,	/* host_flows4 */
 	DP_MAX_VETHS = 65536,
+	DP_MAX_EXTERNALS = 1024,
 	DP_MAX_ATTACHMENTS = 4096,
 };
 
@@ -27,16 +34,18 @@ enum dp_stat {
 	DP_STAT_DNAT_REDIRECT,		/* published port: rewritten, to container */
 	DP_STAT_DNAT_MISS,		/* TCP/UDP to an unpublished port: passed */
 	DP_STAT_DNAT_NOT_IPV4,		/* not IPv4: passed */
-	DP_STAT_DNAT_NOT_L4,		/* IPv4 but neither TCP nor UDP: passed */
+	DP_STAT_DNAT_NOT_L4,		/* IPv4, neither TCP, UDP nor ICMP: passed */
 	DP_STAT_DNAT_FRAGMENT,		/* IPv4 fragment: passed untouched */
 	DP_STAT_DNAT_MALFORMED,		/* too short for its headers: passed */
+	DP_STAT_DNAT_FLOW_ERROR,	/* flows4 update failed: dropped */
 	DP_STAT_DNAT_REWRITE_FAILED,	/* checksum helper failed: dropped */
+	DP_STAT_DNAT_ICMP_TRANSLATED,	/* error about a published flow: to it */
+	DP_STAT_DNAT_ICMP_PASSED,	/* any other ICMP: passed */
 
-	DP_STAT_SNAT_REDIRECT,		/* reply from a published port: to ext NIC */
+	DP_STAT_SNAT_REDIRECT,		/* reply of a published flow: to ext NIC */
 	DP_STAT_SNAT_HANDED_ON,		/* not a published reply: next program */
 	DP_STAT_SNAT_SPOOFED,		/* source is not the container's: dropped */
 	DP_STAT_SNAT_UNREGISTERED,	/* IPv4 on an unregistered veth: dropped */
-	DP_STAT_SNAT_NO_EXTERNAL,	/* `map snat` not set: reply dropped */
 	DP_STAT_SNAT_REWRITE_FAILED,	/* checksum helper failed: dropped */
 
 	DP_STAT_ARP_REPLIED,		/* request answered with the veth's MAC */
@@ -46,6 +55,8 @@ enum dp_stat {
 	DP_STAT_TPROXY_INGRESS_DNS,		/* TCP/UDP to port 53: to the DNS proxy */
 	DP_STAT_TPROXY_INGRESS_HTTP,		/* TCP to port 80: to the HTTP proxy */
 	DP_STAT_TPROXY_INGRESS_TCP,		/* other TCP: to the TCP proxy */
+	DP_STAT_TPROXY_INGRESS_HOST_REPLY,	/* reply to the host's own connection */
+	DP_STAT_TPROXY_INGRESS_NO_FLOW_DROPPED,	/* TCP without SYN of no flow */
 	DP_STAT_TPROXY_INGRESS_UDP_DROPPED,	/* UDP to a port other than 53 */
 	DP_STAT_TPROXY_INGRESS_L4_DROPPED,	/* ICMP and other IPv4 protocols */
 	DP_STAT_TPROXY_INGRESS_NON_IP_DROPPED,	/* neither IPv4 nor ARP */
@@ -57,13 +68,31 @@ enum dp_stat {
 	DP_STAT_TPROXY_INGRESS_REWRITE_FAILED,	/* checksum helper failed: dropped */
 
 	DP_STAT_TPROXY_EGRESS_RESTORED,	/* proxy reply: source restored */
-	DP_STAT_TPROXY_EGRESS_PASSED,		/* anything else leaving the host veth */
+	DP_STAT_TPROXY_EGRESS_HOST_UDP,	/* UDP from the host: host flow recorded */
+	DP_STAT_TPROXY_EGRESS_PASSED,	/* anything else leaving the host veth */
+	DP_STAT_TPROXY_EGRESS_FLOW_ERROR,	/* host_flows4 update failed: passed */
 	DP_STAT_TPROXY_EGRESS_REWRITE_FAILED,	/* checksum helper failed: dropped */
 
 	DP_STAT_GETSOCKOPT_FOUND,	/* SO_ORIGINAL_DST answered */
 	DP_STAT_GETSOCKOPT_MISS,	/* SO_ORIGINAL_DST for an unknown flow */
 
 	DP_STAT_MAX,
+	/* Not a counter: a verdict that is counted by the next program in
+	 * the chain (dp_verdict() counts nothing for it). */
+	DP_STAT_NONE = DP_STAT_MAX,
+};
+
+/* Per-port accounting of dp_verdict(): which way a packet of a published
+ * port goes. */
+enum dp_dir {
+	DP_DIR_NONE,
+	DP_DIR_IN,		/* player -> container */
+	DP_DIR_OUT,		/* container -> player */
+};
+
+/* Flags of an externals entry. */
+enum dp_ext_flag {
+	DP_EXT_F_DEFAULT = 1,	/* default mappings are published on it */
 };
 
 /* Kinds of attachment datapathctl records, so `load` can replace programs

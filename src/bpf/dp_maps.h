@@ -1,36 +1,57 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* The maps, shared by all four objects. datapathctl pins each one under
  * <pin root>/maps/<name> and hands the same map to every object it loads,
- * so a definition here is the one every program sees. */
+ * so a definition here is the one every program sees. User-space-only hash
+ * maps are BPF_F_NO_PREALLOC: they cost memory only for what they hold. */
 #pragma once
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "dp_types.h"
 
-/* Published ports: (host port, proto) -> container address, port, MAC. */
+/* Published ports as dnat looks them up: (ext addr, host port, proto) ->
+ * container. A default mapping is one entry per default address. Written
+ * by user space only, so entries are allocated as they are added. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, DP_MAX_PUBLISHED);
-	__type(key, struct dnat_key);
-	__type(value, struct dnat_value);
-} dnat_ports SEC(".maps");
+	__uint(max_entries, DP_MAX_DNAT);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dnat4_key);
+	__type(value, struct dnat4_value);
+} dnat4 SEC(".maps");
 
-/* Reverse of dnat_ports: container (addr, port, proto) -> host port. */
+/* Published flows, recorded by dnat, reversed by snat (LRU). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, DP_MAX_PUBLISHED);
-	__type(key, struct ctr_endpoint);
-	__type(value, struct snat_value);
-} snat_ports SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DP_MAX_FLOWS);
+	__type(key, struct flow4_key);
+	__type(value, struct flow4_value);
+} flows4 SEC(".maps");
 
-/* The host's external address and interface (one entry). */
+/* UDP flows the host opened to a container, recorded by tproxy_egress so
+ * tproxy_ingress passes their replies (LRU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DP_MAX_HOST_FLOWS);
+	__type(key, struct flow4_key);
+	__type(value, struct host_flow_value);
+} host_flows4 SEC(".maps");
+
+/* Packets, bytes and connections per published port (slot), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DP_MAX_PUBLISHED);
+	__type(key, __u32);
+	__type(value, struct port_counter);
+} port_stats SEC(".maps");
+
+/* Facts about the host (one entry). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct snat_config);
-} snat_cfg SEC(".maps");
+	__type(value, struct host_config);
+} host_cfg SEC(".maps");
 
 /* Proxy ports on the host veth's address (one entry). */
 struct {
@@ -51,7 +72,7 @@ struct {
 /* Proxied flows: container source -> original destination (LRU). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, DP_MAX_FLOWS);
+	__uint(max_entries, DP_MAX_PROXY_FLOWS);
 	__type(key, struct ctr_endpoint);
 	__type(value, struct flow_orig);
 } proxy_flows SEC(".maps");
@@ -64,6 +85,50 @@ struct {
 	__type(value, struct dp_counter);
 } stats SEC(".maps");
 
+/* The mappings as the user gave them (user space only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DP_MAX_PUBLISHED);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mapping_key);
+	__type(value, struct mapping_value);
+} mappings SEC(".maps");
+
+/* Container port and protocol per external address -> mapping (user
+ * space only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DP_MAX_PUBLISHED);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mapping_rev_key);
+	__type(value, struct mapping_key);
+} mapping_rev SEC(".maps");
+
+/* External addresses: interface and default flag (user space only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DP_MAX_EXTERNALS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct external_key);
+	__type(value, struct external_value);
+} externals SEC(".maps");
+
+/* Slot allocation state (one entry, user space only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dp_meta);
+} meta SEC(".maps");
+
+/* The slot freed after this one (FIFO free list, user space only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DP_MAX_PUBLISHED);
+	__type(key, __u32);
+	__type(value, __u32);
+} slot_next SEC(".maps");
+
 /* Where datapathctl attached the programs (user space only). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -72,25 +137,65 @@ struct {
 	__type(value, struct attach_value);
 } attachments SEC(".maps");
 
-static __always_inline void dp_count(enum dp_stat stat, __u32 bytes)
-{
-	__u32 key = stat;
-	struct dp_counter *c = bpf_map_lookup_elem(&stats, &key);
+/* Names a map in an instruction that never runs. */
+#define dp_keep(map) asm volatile("" : : "r"(&(map)))
 
-	/* Per-CPU slot: no other writer, no atomics needed. */
-	if (c) {
-		c->packets++;
-		c->bytes += bytes;
+/* Every program refers to every map of the pin root, so while any program
+ * is attached all the maps stay alive and can be found again from it
+ * (BPF_OBJ_GET_INFO_BY_FD lists its map ids) even if the pins are lost.
+ * A program's map list is collected from its ld_imm64 instructions before
+ * verification (resolve_pseudo_ldimm64), so the references sit on a
+ * branch the verifier proves dead: `never` is 0 as far as it can see, and
+ * for privileged programs it removes the branch (opt_remove_dead_code),
+ * leaving one register move on the packet path. clang cannot see through
+ * the asm, so it keeps the branch. */
+static __always_inline void dp_keep_maps(void)
+{
+	int never = 0;
+
+	asm volatile("" : "+r"(never));
+	if (never) {
+		dp_keep(dnat4);
+		dp_keep(flows4);
+		dp_keep(host_flows4);
+		dp_keep(port_stats);
+		dp_keep(host_cfg);
+		dp_keep(proxy_cfg);
+		dp_keep(veths);
+		dp_keep(proxy_flows);
+		dp_keep(stats);
+		dp_keep(mappings);
+		dp_keep(mapping_rev);
+		dp_keep(externals);
+		dp_keep(meta);
+		dp_keep(slot_next);
+		dp_keep(attachments);
 	}
 }
 
-/* A key of snat_ports or proxy_flows. Hash keys are compared byte for
- * byte, so the padding is zeroed here, once. */
+/* A key of proxy_flows. Hash keys are compared byte for byte, so the
+ * padding is zeroed here, once. */
 static __always_inline struct ctr_endpoint dp_endpoint(__be32 ip, __be16 port,
 						       __u8 proto)
 {
 	struct ctr_endpoint k = {
 		.ip = ip, .port = port, .proto = proto, .pad = 0,
+	};
+
+	return k;
+}
+
+/* A key of flows4 or host_flows4, padding zeroed. */
+static __always_inline struct flow4_key dp_flow4_key(__be32 ctr_addr,
+						     __be32 peer_addr,
+						     __be16 ctr_port,
+						     __be16 peer_port,
+						     __u8 proto)
+{
+	struct flow4_key k = {
+		.ctr_addr = ctr_addr, .peer_addr = peer_addr,
+		.ctr_port = ctr_port, .peer_port = peer_port,
+		.proto = proto,
 	};
 
 	return k;
@@ -104,6 +209,8 @@ struct dp_btf_enums {
 	enum dp_default_port port;
 	enum dp_capacity cap;
 	enum dp_name_len len;
+	enum dp_dir dir;
+	enum dp_ext_flag ext_flag;
 };
 
 /* Never called, so never loaded. Its signature puts the shared enums into

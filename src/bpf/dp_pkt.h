@@ -121,14 +121,53 @@ static __always_inline int dp_parse_l4(struct __sk_buff *skb, struct dp_l4 *p)
 	return DP_PARSE_OK;
 }
 
+/* One's-complement arithmetic on 16-bit words as they lie in memory: the
+ * sum does not depend on byte order, so network-order fields are added as
+ * they are (RFC 1071). */
+static __always_inline __u16 dp_csum_fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+/* The checksum after a 32-bit field changed from `from` to `to`
+ * (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')). */
+static __always_inline __sum16 dp_csum_replace4(__sum16 check, __be32 from,
+						__be32 to)
+{
+	__u32 s = (__u16)~check;
+
+	s += (__u16)~from + (__u16)~(from >> 16);
+	s += (__u16)to + (__u16)(to >> 16);
+	return (__sum16)~dp_csum_fold(s);
+}
+
+/* The same for a 16-bit field. */
+static __always_inline __sum16 dp_csum_replace2(__sum16 check, __be16 from,
+						__be16 to)
+{
+	__u32 s = (__u16)~check;
+
+	s += (__u16)~from;
+	s += (__u16)to;
+	return (__sum16)~dp_csum_fold(s);
+}
+
 /* Rewrites the source or destination address and port of a parsed packet
- * and fixes both checksums incrementally. The checksum helpers, not direct
- * writes, carry the checksum changes: they also keep skb->csum right for
- * CHECKSUM_COMPLETE and leave the port out for CHECKSUM_PARTIAL, where the
- * L4 field only holds the pseudo-header sum (inet_proto_csum_replace*).
- * BPF_F_MARK_MANGLED_0 keeps a zero (absent) UDP checksum zero. After this
- * call every packet pointer is invalid. Returns 0, or -1 when a helper
- * failed and the packet must be dropped. */
+ * and fixes both checksums incrementally.
+ *
+ * The IPv4 header checksum is updated in place: the address and the
+ * checksum change together, so the header's one's-complement sum, and with
+ * it skb->csum of a CHECKSUM_COMPLETE skb, stays what it was; a helper call
+ * would only cost time. The L4 checksum goes through the helpers: they
+ * also keep skb->csum right for CHECKSUM_COMPLETE (the pseudo-header is not
+ * in the packet, the checksum field is) and leave the port out for
+ * CHECKSUM_PARTIAL, where the field holds only the pseudo-header sum
+ * (inet_proto_csum_replace*); which case applies is not visible to the
+ * program. BPF_F_MARK_MANGLED_0 keeps a zero (absent) UDP checksum zero.
+ * After this call every packet pointer is invalid. Returns 0, or -1 when a
+ * helper failed and the packet must be dropped. */
 static __always_inline int dp_rewrite(struct __sk_buff *skb,
 				      const struct dp_l4 *p, bool dst,
 				      __be32 new_ip, __be16 new_port)
@@ -151,15 +190,13 @@ static __always_inline int dp_rewrite(struct __sk_buff *skb,
 		p->ip->saddr = new_ip;
 		p->ports[0] = new_port;
 	}
+	p->ip->check = dp_csum_replace4(p->ip->check, old_ip, new_ip);
 
 	if (bpf_l4_csum_replace(skb, csum_off, old_ip, new_ip,
 				BPF_F_PSEUDO_HDR | sizeof(new_ip) | mangled))
 		return -1;
 	if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
 				sizeof(new_port) | mangled))
-		return -1;
-	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check),
-				old_ip, new_ip, sizeof(new_ip)))
 		return -1;
 	return 0;
 }

@@ -2,47 +2,139 @@
 /* Map keys and values: the only definition of every struct user space
  * shares with the programs. Rust uses the skeleton's generated copies.
  * Rules: network-order fields are __be*, padding is an explicit field that
- * writers zero (hash keys are compared byte for byte), no bitfields. */
+ * writers zero (hash keys are compared byte for byte), no bitfields.
+ *
+ * Address families: maps on a per-packet path come in pairs (...4 and
+ * ...6) whose keys have exactly the family's size, so IPv4 never hashes a
+ * 16-byte address. Maps only user space reads use one layout for both
+ * families: __u8 family (AF_INET, AF_INET6) and __be32 addr[4], with IPv4
+ * in addr[0] and the rest zero. */
 #pragma once
 
 #include <linux/types.h>
 #include "dp_consts.h"
 
-/* dnat_ports key: a published (host port, protocol). */
-struct dnat_key {
-	__be16 port;
+/* dnat4 key: a published (external address, host port, protocol). */
+struct dnat4_key {
+	__be32 ext_addr;
+	__be16 host_port;
 	__u8 proto;		/* IPPROTO_TCP or IPPROTO_UDP */
 	__u8 pad;
 };
 
-/* dnat_ports value: where a published port leads. */
-struct dnat_value {
-	__be32 ctr_ip;
+/* dnat4 value: where a published port leads. */
+struct dnat4_value {
+	__be32 ctr_addr;
 	__be16 ctr_port;
 	__u8 ctr_mac[6];
 	__u32 veth_ifindex;	/* host side of the container's veth pair */
+	__u32 slot;		/* the mapping's index in port_stats */
 };
 
-/* A container endpoint: key of snat_ports (published container port) and
- * of proxy_flows (container source of a proxied flow). */
+/* flows4 key, and host_flows4 key: the container side of a flow. */
+struct flow4_key {
+	__be32 ctr_addr;
+	__be32 peer_addr;	/* the player (flows4) or the host (host_flows4) */
+	__be16 ctr_port;
+	__be16 peer_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* flows4 value: what the player used, and where the flow was sent. */
+struct flow4_value {
+	__be32 ext_addr;
+	__be16 host_port;
+	__u16 pad;
+	__u32 ext_ifindex;	/* the external interface it arrived on */
+	__u32 veth_ifindex;	/* replies are taken on this veth only */
+	__u32 slot;
+};
+
+/* host_flows4 value: a UDP flow the host opened to a container. */
+struct host_flow_value {
+	__u32 veth_ifindex;	/* the host veth it left by */
+	__u32 pad;
+};
+
+/* port_stats value, per CPU, indexed by a mapping's slot. */
+struct port_counter {
+	__u64 pkts_in;		/* player -> container */
+	__u64 bytes_in;
+	__u64 pkts_out;		/* container -> player */
+	__u64 bytes_out;
+	__u64 conns;		/* TCP SYNs taken, UDP flows recorded */
+};
+
+/* host_cfg value (single entry): facts about the host, for the host
+ * access programs (netns_cookie) and for upgrades (adopt_until). */
+struct host_config {
+	__u64 netns_cookie;	/* the host's network namespace, 0: unset */
+	__u64 adopt_until;	/* bpf_ktime_get_ns() deadline, 0: none */
+	__u64 reserved[2];	/* zero */
+};
+
+/* mappings key (user space only): a mapping as the user gave it. */
+struct mapping_key {
+	__u8 family;
+	__u8 proto;
+	__be16 host_port;
+	__be32 ext_addr[4];	/* all zero: every default external address */
+};
+
+/* mappings value. */
+struct mapping_value {
+	__be32 ctr_addr[4];
+	__be16 ctr_port;
+	__u8 ctr_mac[6];
+	__u32 veth_ifindex;
+	__u32 slot;
+};
+
+/* mapping_rev key (user space only): one container port and protocol is
+ * published once per external address (all zero: default). The value is
+ * the mappings key that holds it. */
+struct mapping_rev_key {
+	__u8 family;
+	__u8 proto;
+	__be16 ctr_port;
+	__be32 ctr_addr[4];
+	__be32 ext_addr[4];
+};
+
+/* externals key (user space only): an external address. */
+struct external_key {
+	__u8 family;
+	__u8 pad[3];
+	__be32 addr[4];
+};
+
+/* externals value. */
+struct external_value {
+	__u32 ifindex;
+	__u32 flags;		/* enum dp_ext_flag */
+	char ifname[16];	/* the interface's name when it was added */
+};
+
+/* meta value (single entry, user space only): slot allocation. Slots are
+ * handed out by the cursor until it reaches DP_MAX_PUBLISHED, then from a
+ * FIFO free list threaded through slot_next, so a freed slot is reused as
+ * late as possible. */
+struct dp_meta {
+	__u32 slot_cursor;	/* next never-used slot */
+	__u32 free_head;	/* oldest freed slot (when free_count > 0) */
+	__u32 free_tail;	/* newest freed slot (when free_count > 0) */
+	__u32 free_count;
+	__u64 reserved[2];	/* zero */
+};
+
+/* A container endpoint: key of proxy_flows (container source of a proxied
+ * flow). */
 struct ctr_endpoint {
 	__be32 ip;
 	__be16 port;
 	__u8 proto;
 	__u8 pad;
-};
-
-/* snat_ports value: the host port a container port is published under. */
-struct snat_value {
-	__be16 host_port;
-	__u16 pad;
-	__u32 veth_ifindex;	/* replies are accepted on this veth only */
-};
-
-/* snat_cfg value (single entry): the host's external side. */
-struct snat_config {
-	__be32 ext_ip;		/* 0: not configured */
-	__u32 ext_ifindex;
 };
 
 /* proxy_cfg value (single entry): where proxied traffic goes. */
@@ -92,11 +184,20 @@ struct attach_value {
 	__u32 pad;
 };
 
-_Static_assert(sizeof(struct dnat_key) == 4, "dnat_key layout");
-_Static_assert(sizeof(struct dnat_value) == 16, "dnat_value layout");
+_Static_assert(sizeof(struct dnat4_key) == 8, "dnat4_key layout");
+_Static_assert(sizeof(struct dnat4_value) == 20, "dnat4_value layout");
+_Static_assert(sizeof(struct flow4_key) == 16, "flow4_key layout");
+_Static_assert(sizeof(struct flow4_value) == 20, "flow4_value layout");
+_Static_assert(sizeof(struct host_flow_value) == 8, "host_flow_value layout");
+_Static_assert(sizeof(struct port_counter) == 40, "port_counter layout");
+_Static_assert(sizeof(struct host_config) == 32, "host_config layout");
+_Static_assert(sizeof(struct mapping_key) == 20, "mapping_key layout");
+_Static_assert(sizeof(struct mapping_value) == 32, "mapping_value layout");
+_Static_assert(sizeof(struct mapping_rev_key) == 36, "mapping_rev_key layout");
+_Static_assert(sizeof(struct external_key) == 20, "external_key layout");
+_Static_assert(sizeof(struct external_value) == 24, "external_value layout");
+_Static_assert(sizeof(struct dp_meta) == 32, "dp_meta layout");
 _Static_assert(sizeof(struct ctr_endpoint) == 8, "ctr_endpoint layout");
-_Static_assert(sizeof(struct snat_value) == 8, "snat_value layout");
-_Static_assert(sizeof(struct snat_config) == 8, "snat_config layout");
 _Static_assert(sizeof(struct proxy_config) == 8, "proxy_config layout");
 _Static_assert(sizeof(struct veth_info) == 32, "veth_info layout");
 _Static_assert(sizeof(struct flow_orig) == 12, "flow_orig layout");

@@ -1,38 +1,74 @@
 // SPDX-License-Identifier: GPL-2.0
-/* tproxy: every connection a container makes, other than replies from its
- * published ports, goes through the proxy on the host.
+/* tproxy: every connection a container opens goes through the proxy on
+ * the host; what else may come from a container is the replies of
+ * connections the host opened to it.
  *
- *  tproxy_ingress  host veth TC ingress, last in the chain: rewrites the
- *                  destination to the host veth's address and a proxy port,
- *                  recording the original destination in proxy_flows.
+ *  tproxy_ingress  host veth TC ingress, last in the chain (after snat has
+ *                  taken the replies of published flows):
+ *                  1. a packet of a recorded proxied flow -> the proxy;
+ *                  2. a TCP SYN (no ACK), or UDP to port 53 -> a new
+ *                     proxied flow: its original destination recorded in
+ *                     proxy_flows, rewritten to the proxy's address and
+ *                     port on the host veth;
+ *                  3. a reply of a connection the host opened to the
+ *                     container (a host TCP socket for it, a UDP flow
+ *                     tproxy_egress recorded) -> the host's stack;
+ *                  4. anything else -> dropped and counted.
  *  tproxy_egress   host veth TC egress: the proxy's answers get the
- *                  original destination back as their source.
+ *                  original destination back as their source; UDP the
+ *                  host sends to the container is recorded in host_flows4.
  *  getsockopt      cgroup/getsockopt: getsockopt(SOL_IP, SO_ORIGINAL_DST)
  *                  on the proxy's accepted socket returns it, as iptables'
  *                  REDIRECT would.
  */
-#include "dp_maps.h"
+#include "dp_verdict.h"
 #include "dp_pkt.h"
 
-static __always_inline int tproxy_drop(struct __sk_buff *skb,
-				       enum dp_stat stat)
+static __always_inline int tproxy_drop(__u32 len, enum dp_stat stat)
 {
-	dp_count(stat, skb->len);
-	return TC_ACT_SHOT;
+	return dp_verdict(len, stat, TC_ACT_SHOT, NULL);
+}
+
+/* Rule 3 for TCP: the container's packet belongs to a connection the host
+ * opened if the host has a socket for its reversed 4-tuple that is not a
+ * listener (SYN-SENT, established, closing, time-wait). A listener would
+ * mean the container is opening a connection to the host, which goes to
+ * the proxy (rule 2), never around it. */
+static __always_inline bool tproxy_host_tcp(struct __sk_buff *skb,
+					    const struct dp_l4 *p)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 state;
+
+	t.ipv4.saddr = p->ip->saddr;
+	t.ipv4.daddr = p->ip->daddr;
+	t.ipv4.sport = p->sport;
+	t.ipv4.dport = p->dport;
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS,
+				0);
+	if (!sk)
+		return false;
+	state = sk->state;
+	bpf_sk_release(sk);
+	return state != BPF_TCP_LISTEN;
 }
 
 SEC("tc")
 int tproxy_ingress(struct __sk_buff *skb)
 {
+	__u32 ifindex = skb->ifindex, len = skb->len, zero = 0;
+	struct host_flow_value *host;
 	struct flow_orig orig, *old;
 	struct proxy_config *cfg;
 	struct ctr_endpoint key;
 	struct veth_info *veth;
-	__u32 ifindex = skb->ifindex;
-	__u32 zero = 0;
+	struct flow4_key hkey;
 	enum dp_stat stat;
+	__be32 proxy_ip;
 	__be16 port;
 	struct dp_l4 p;
+	bool opens;
 	int parsed;
 
 	parsed = dp_parse_l4(skb, &p);
@@ -40,92 +76,155 @@ int tproxy_ingress(struct __sk_buff *skb)
 		/* ARP reaches this only if arp is not attached. */
 		if (!skb->vlan_present &&
 		    p.eth->h_proto == bpf_htons(ETH_P_ARP))
-			return TC_ACT_OK;
-		return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_NON_IP_DROPPED);
+			return dp_verdict(len, DP_STAT_NONE, TC_ACT_OK, NULL);
+		return tproxy_drop(len, DP_STAT_TPROXY_INGRESS_NON_IP_DROPPED);
 	}
 	if (!p.ip)
-		return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_MALFORMED_DROPPED);
+		return tproxy_drop(len,
+				   DP_STAT_TPROXY_INGRESS_MALFORMED_DROPPED);
 
 	veth = bpf_map_lookup_elem(&veths, &ifindex);
 	if (!veth)
-		return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_UNREGISTERED);
+		return tproxy_drop(len, DP_STAT_TPROXY_INGRESS_UNREGISTERED);
 	if (p.ip->saddr != veth->ctr_ip)
-		return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_SPOOFED);
+		return tproxy_drop(len, DP_STAT_TPROXY_INGRESS_SPOOFED);
 	switch (parsed) {
 	case DP_PARSE_OK:
 		break;
 	case DP_PARSE_FRAGMENT:
-		return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_FRAGMENT_DROPPED);
+		return tproxy_drop(len,
+				   DP_STAT_TPROXY_INGRESS_FRAGMENT_DROPPED);
 	case DP_PARSE_NOT_L4:
-		return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_L4_DROPPED);
+		return tproxy_drop(len, DP_STAT_TPROXY_INGRESS_L4_DROPPED);
 	default:
-		return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_MALFORMED_DROPPED);
+		return tproxy_drop(len,
+				   DP_STAT_TPROXY_INGRESS_MALFORMED_DROPPED);
 	}
 
-	cfg = bpf_map_lookup_elem(&proxy_cfg, &zero);
-	if (!cfg)
-		return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_FLOW_ERROR);
+	/* What the proxy does with it: port 53 (TCP and UDP) is DNS, TCP 80
+	 * is HTTP, other TCP goes to the TCP proxy; other UDP is not proxied
+	 * (opens stays false for it). */
 	if (p.dport == bpf_htons(53)) {
-		port = cfg->dns_port;
 		stat = DP_STAT_TPROXY_INGRESS_DNS;
-	} else if (p.proto != IPPROTO_TCP) {
-		return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_UDP_DROPPED);
-	} else if (p.dport == bpf_htons(80)) {
-		port = cfg->http_port;
-		stat = DP_STAT_TPROXY_INGRESS_HTTP;
+		opens = true;
+	} else if (p.proto == IPPROTO_TCP) {
+		stat = p.dport == bpf_htons(80) ? DP_STAT_TPROXY_INGRESS_HTTP :
+						  DP_STAT_TPROXY_INGRESS_TCP;
+		opens = true;
 	} else {
-		port = cfg->tcp_port;
-		stat = DP_STAT_TPROXY_INGRESS_TCP;
+		stat = DP_STAT_TPROXY_INGRESS_UDP_DROPPED;
+		opens = false;
+	}
+	if (p.proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)p.ports;
+
+		/* Only a SYN opens a TCP connection; a SYN-ACK or any later
+		 * segment belongs to one that exists already. */
+		opens = tcp->syn && !tcp->ack;
 	}
 
+	/* 1. A packet of a recorded proxied flow. Most packets are: a lookup
+	 * (which also marks the LRU entry used) is much cheaper than an
+	 * update. */
 	key = dp_endpoint(p.ip->saddr, p.sport, p.proto);
-	orig.orig_ip = p.ip->daddr;
-	orig.proxy_ip = veth->host_ip;
-	orig.orig_port = p.dport;
-	orig.proxy_port = port;
-	/* Most packets belong to a flow already recorded: a lookup (which
-	 * also marks the LRU entry used) is much cheaper than an update. */
 	old = bpf_map_lookup_elem(&proxy_flows, &key);
-	if (!old || old->orig_ip != orig.orig_ip ||
-	    old->orig_port != orig.orig_port ||
-	    old->proxy_ip != orig.proxy_ip ||
-	    old->proxy_port != orig.proxy_port) {
-		if (bpf_map_update_elem(&proxy_flows, &key, &orig, BPF_ANY))
-			return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_FLOW_ERROR);
+	if (old && old->orig_ip == p.ip->daddr && old->orig_port == p.dport &&
+	    stat != DP_STAT_TPROXY_INGRESS_UDP_DROPPED) {
+		proxy_ip = old->proxy_ip;
+		port = old->proxy_port;
+		goto redirect;
 	}
 
-	if (dp_rewrite(skb, &p, true, veth->host_ip, port))
-		return tproxy_drop(skb, DP_STAT_TPROXY_INGRESS_REWRITE_FAILED);
-	dp_count(stat, skb->len);
+	/* 2. A new proxied flow. */
+	if (opens) {
+		cfg = bpf_map_lookup_elem(&proxy_cfg, &zero);
+		if (!cfg)
+			return tproxy_drop(len,
+					   DP_STAT_TPROXY_INGRESS_FLOW_ERROR);
+		if (stat == DP_STAT_TPROXY_INGRESS_DNS)
+			port = cfg->dns_port;
+		else if (stat == DP_STAT_TPROXY_INGRESS_HTTP)
+			port = cfg->http_port;
+		else
+			port = cfg->tcp_port;
+		proxy_ip = veth->host_ip;
+		orig.orig_ip = p.ip->daddr;
+		orig.proxy_ip = proxy_ip;
+		orig.orig_port = p.dport;
+		orig.proxy_port = port;
+		if (bpf_map_update_elem(&proxy_flows, &key, &orig, BPF_ANY))
+			return tproxy_drop(len,
+					   DP_STAT_TPROXY_INGRESS_FLOW_ERROR);
+		goto redirect;
+	}
+
+	/* 3. A reply of a connection the host opened. */
+	if (p.proto == IPPROTO_TCP) {
+		if (tproxy_host_tcp(skb, &p))
+			return dp_verdict(len, DP_STAT_TPROXY_INGRESS_HOST_REPLY,
+					  TC_ACT_OK, NULL);
+		/* 4. */
+		return tproxy_drop(len, DP_STAT_TPROXY_INGRESS_NO_FLOW_DROPPED);
+	}
+	hkey = dp_flow4_key(p.ip->saddr, p.ip->daddr, p.sport, p.dport,
+			    p.proto);
+	host = bpf_map_lookup_elem(&host_flows4, &hkey);
+	if (host && host->veth_ifindex == ifindex)
+		return dp_verdict(len, DP_STAT_TPROXY_INGRESS_HOST_REPLY,
+				  TC_ACT_OK, NULL);
+	/* 4. */
+	return tproxy_drop(len, DP_STAT_TPROXY_INGRESS_UDP_DROPPED);
+
+redirect:
+	if (dp_rewrite(skb, &p, true, proxy_ip, port))
+		return tproxy_drop(len, DP_STAT_TPROXY_INGRESS_REWRITE_FAILED);
 	/* Destination is now the host veth's own address: local delivery. */
-	return TC_ACT_OK;
+	return dp_verdict(len, stat, TC_ACT_OK, NULL);
 }
 
 SEC("tc")
 int tproxy_egress(struct __sk_buff *skb)
 {
+	__u32 ifindex = skb->ifindex, len = skb->len;
+	struct host_flow_value hv, *host;
 	struct ctr_endpoint key;
 	struct flow_orig *orig;
+	struct flow4_key hkey;
 	struct dp_l4 p;
 
 	if (dp_parse_l4(skb, &p) != DP_PARSE_OK)
-		goto pass;
+		return dp_verdict(len, DP_STAT_TPROXY_EGRESS_PASSED, TC_ACT_OK,
+				  NULL);
 
 	key = dp_endpoint(p.ip->daddr, p.dport, p.proto);
 	orig = bpf_map_lookup_elem(&proxy_flows, &key);
-	if (!orig || orig->proxy_port != p.sport ||
-	    orig->proxy_ip != p.ip->saddr)
-		goto pass;
-
-	if (dp_rewrite(skb, &p, false, orig->orig_ip, orig->orig_port)) {
-		dp_count(DP_STAT_TPROXY_EGRESS_REWRITE_FAILED, skb->len);
-		return TC_ACT_SHOT;
+	if (orig && orig->proxy_port == p.sport &&
+	    orig->proxy_ip == p.ip->saddr) {
+		if (dp_rewrite(skb, &p, false, orig->orig_ip, orig->orig_port))
+			return dp_verdict(len,
+					  DP_STAT_TPROXY_EGRESS_REWRITE_FAILED,
+					  TC_ACT_SHOT, NULL);
+		return dp_verdict(len, DP_STAT_TPROXY_EGRESS_RESTORED,
+				  TC_ACT_OK, NULL);
 	}
-	dp_count(DP_STAT_TPROXY_EGRESS_RESTORED, skb->len);
-	return TC_ACT_OK;
-pass:
-	dp_count(DP_STAT_TPROXY_EGRESS_PASSED, skb->len);
-	return TC_ACT_OK;
+	if (p.proto != IPPROTO_UDP)
+		return dp_verdict(len, DP_STAT_TPROXY_EGRESS_PASSED, TC_ACT_OK,
+				  NULL);
+
+	/* UDP from the host to the container: its replies are let through
+	 * by tproxy_ingress (rule 3) for as long as the entry lives. */
+	hkey = dp_flow4_key(p.ip->daddr, p.ip->saddr, p.dport, p.sport,
+			    p.proto);
+	host = bpf_map_lookup_elem(&host_flows4, &hkey);
+	if (!host || host->veth_ifindex != ifindex) {
+		hv.veth_ifindex = ifindex;
+		hv.pad = 0;
+		if (bpf_map_update_elem(&host_flows4, &hkey, &hv, BPF_ANY))
+			return dp_verdict(len, DP_STAT_TPROXY_EGRESS_FLOW_ERROR,
+					  TC_ACT_OK, NULL);
+	}
+	return dp_verdict(len, DP_STAT_TPROXY_EGRESS_HOST_UDP, TC_ACT_OK,
+			  NULL);
 }
 
 SEC("cgroup/getsockopt")
@@ -140,7 +239,7 @@ int getsockopt(struct bpf_sockopt *ctx)
 
 	/* Anything else keeps the kernel's own answer (return 1). */
 	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST || !sk)
-		return 1;
+		return dp_verdict(0, DP_STAT_NONE, 1, NULL);
 
 	/* The proxy's socket faces the container: its peer is the key. A
 	 * dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d. Every field
@@ -159,15 +258,14 @@ int getsockopt(struct bpf_sockopt *ctx)
 	    ip6[2] == bpf_htonl(0x0000ffff))
 		ip4 = ip6[3];
 	else if (family != AF_INET)
-		return 1;
+		return dp_verdict(0, DP_STAT_NONE, 1, NULL);
 	key = dp_endpoint(ip4, sk->dst_port, sk->protocol);
 	orig = bpf_map_lookup_elem(&proxy_flows, &key);
-	if (!orig) {
-		dp_count(DP_STAT_GETSOCKOPT_MISS, 0);
-		return 1;
-	}
+	if (!orig)
+		return dp_verdict(0, DP_STAT_GETSOCKOPT_MISS, 1, NULL);
+	/* The caller's buffer is too small: the kernel's error stands. */
 	if ((void *)(sin + 1) > ctx->optval_end)
-		return 1;	/* caller's buffer is too small: kernel's error */
+		return dp_verdict(0, DP_STAT_NONE, 1, NULL);
 
 	sin->sin_family = AF_INET;
 	sin->sin_port = orig->orig_port;
@@ -179,8 +277,7 @@ int getsockopt(struct bpf_sockopt *ctx)
 	asm volatile("" ::: "memory");
 	/* Without nf_conntrack the kernel said ENOPROTOOPT; override it. */
 	ctx->retval = 0;
-	dp_count(DP_STAT_GETSOCKOPT_FOUND, 0);
-	return 1;
+	return dp_verdict(0, DP_STAT_GETSOCKOPT_FOUND, 1, NULL);
 }
 
 char _license[] SEC("license") = "GPL";

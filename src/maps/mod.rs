@@ -1,7 +1,51 @@
 //! One typed wrapper per pinned map. Commands open maps by their pins with
-//! `MapHandle::from_pinned_path`; every write states its intent
-//! (`BPF_NOEXIST` for claims) so concurrent provisioning scripts cannot
-//! overwrite each other's entries.
+//! `MapHandle::from_pinned_path`. A change that writes more than one entry
+//! goes through a [`Txn`] (under the maps lock); single writes state their
+//! intent (`BPF_NOEXIST` for claims) so concurrent provisioning scripts
+//! cannot overwrite each other's entries.
+
+pub mod published;
+pub mod txn;
+
+pub use published::{check_addr, check_mac, Ext, External, Mapping, Published};
+pub use txn::Txn;
+
+/// Names of the pinned maps (src/bpf/dp_maps.h).
+pub mod name {
+    pub const DNAT4: &str = "dnat4";
+    pub const FLOWS4: &str = "flows4";
+    pub const HOST_FLOWS4: &str = "host_flows4";
+    pub const PORT_STATS: &str = "port_stats";
+    pub const HOST_CFG: &str = "host_cfg";
+    pub const PROXY_CFG: &str = "proxy_cfg";
+    pub const VETHS: &str = "veths";
+    pub const PROXY_FLOWS: &str = "proxy_flows";
+    pub const STATS: &str = "stats";
+    pub const MAPPINGS: &str = "mappings";
+    pub const MAPPING_REV: &str = "mapping_rev";
+    pub const EXTERNALS: &str = "externals";
+    pub const META: &str = "meta";
+    pub const SLOT_NEXT: &str = "slot_next";
+    pub const ATTACHMENTS: &str = "attachments";
+    /// Every map of a pin root.
+    pub const ALL: [&str; 15] = [
+        DNAT4,
+        FLOWS4,
+        HOST_FLOWS4,
+        PORT_STATS,
+        HOST_CFG,
+        PROXY_CFG,
+        VETHS,
+        PROXY_FLOWS,
+        STATS,
+        MAPPINGS,
+        MAPPING_REV,
+        EXTERNALS,
+        META,
+        SLOT_NEXT,
+        ATTACHMENTS,
+    ];
+}
 
 use std::net::Ipv4Addr;
 
@@ -37,7 +81,7 @@ pub fn lookup<K: plain::Plain, V: plain::Plain + Default>(
     }
 }
 
-fn delete<K: plain::Plain>(map: &MapHandle, key: &K) -> Result<bool> {
+pub fn delete<K: plain::Plain>(map: &MapHandle, key: &K) -> Result<bool> {
     match map.delete(bytes_of(key)) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
@@ -45,7 +89,7 @@ fn delete<K: plain::Plain>(map: &MapHandle, key: &K) -> Result<bool> {
     }
 }
 
-fn entries<K: plain::Plain + Default, V: plain::Plain + Default>(
+pub fn entries<K: plain::Plain + Default, V: plain::Plain + Default>(
     map: &MapHandle,
 ) -> Result<Vec<(K, V)>> {
     let mut out = Vec::new();
@@ -64,67 +108,12 @@ pub fn count(map: &MapHandle) -> usize {
     map.keys().count()
 }
 
-/// A published port: what `map dnat add` takes and `get`/`list` show.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Published {
-    pub host_port: u16,
-    pub proto: Proto,
-    pub ctr_ip: Ipv4Addr,
-    pub ctr_port: u16,
-    #[serde(serialize_with = "ser_mac")]
-    pub ctr_mac: [u8; 6],
-    pub veth_ifindex: u32,
-}
-
-fn ser_mac<S: serde::Serializer>(mac: &[u8; 6], s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::net::netif::format_mac(mac))
-}
-
-impl serde::Serialize for Proto {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl Published {
-    fn key(&self) -> types::dnat_key {
-        types::dnat_key::new(self.host_port, self.proto)
-    }
-    fn value(&self) -> types::dnat_value {
-        types::dnat_value::new(self.ctr_ip, self.ctr_port, self.ctr_mac, self.veth_ifindex)
-    }
-    fn reverse_key_tuple(&self) -> (Ipv4Addr, u16, Proto) {
-        (self.ctr_ip, self.ctr_port, self.proto)
-    }
-    fn reverse_key(&self) -> types::ctr_endpoint {
-        types::ctr_endpoint::new(self.ctr_ip, self.ctr_port, self.proto)
-    }
-    fn from_entry(k: &types::dnat_key, v: &types::dnat_value) -> Result<Self> {
-        Ok(Self {
-            host_port: k.host_port(),
-            proto: Proto::from_number(k.proto)?,
-            ctr_ip: v.ctr_ip(),
-            ctr_port: v.ctr_port(),
-            ctr_mac: v.ctr_mac,
-            veth_ifindex: v.veth_ifindex,
-        })
-    }
-    pub fn describe(&self) -> String {
-        format!(
-            "{}/{} -> {}:{} mac {} veth ifindex {}",
-            self.host_port,
-            self.proto,
-            self.ctr_ip,
-            self.ctr_port,
-            crate::net::netif::format_mac(&self.ctr_mac),
-            self.veth_ifindex
-        )
-    }
-}
-
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Change {
     Added,
+    /// An existing entry was changed (an external address became default
+    /// or stopped being one).
+    Updated,
     Unchanged,
     Deleted,
     Absent,
@@ -134,6 +123,7 @@ impl Change {
     pub fn as_str(self) -> &'static str {
         match self {
             Change::Added => "added",
+            Change::Updated => "updated",
             Change::Unchanged => "unchanged",
             Change::Deleted => "deleted",
             Change::Absent => "absent",
@@ -141,166 +131,13 @@ impl Change {
     }
 }
 
-/// Published ports: `dnat_ports` and its reverse `snat_ports`, kept in
-/// step. One container port and protocol is published under one host port.
-pub struct DnatMaps {
-    dnat: MapHandle,
-    snat: MapHandle,
-    pins: PinRoot,
+fn ser_mac<S: serde::Serializer>(mac: &[u8; 6], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::net::netif::format_mac(mac))
 }
 
-impl DnatMaps {
-    pub fn open(pins: &PinRoot) -> Result<Self> {
-        Ok(Self { dnat: open(pins, "dnat_ports")?, snat: open(pins, "snat_ports")?, pins: pins.clone() })
-    }
-
-    pub fn get(&self, host_port: u16, proto: Proto) -> Result<Option<Published>> {
-        let key = types::dnat_key::new(host_port, proto);
-        match lookup::<_, types::dnat_value>(&self.dnat, &key)? {
-            Some(v) => Ok(Some(Published::from_entry(&key, &v)?)),
-            None => Ok(None),
-        }
-    }
-
-    pub fn list(&self) -> Result<Vec<Published>> {
-        let mut out = entries::<types::dnat_key, types::dnat_value>(&self.dnat)?
-            .iter()
-            .map(|(k, v)| Published::from_entry(k, v))
-            .collect::<Result<Vec<_>>>()?;
-        out.sort_by_key(|p| (p.host_port, p.proto));
-        Ok(out)
-    }
-
-    /// Publishes a port. Adding exactly what is there is a no-op; a host
-    /// port already published elsewhere, or a container port already
-    /// published under another host port, is refused. Runs under the maps
-    /// lock, so the check and the two writes are one step for every other
-    /// datapathctl; the writes still use BPF_NOEXIST against anyone else.
-    pub fn add(&self, p: &Published) -> Result<Change> {
-        let _lock = self.pins.lock_maps()?;
-        self.add_locked(p)
-    }
-
-    fn add_locked(&self, p: &Published) -> Result<Change> {
-        if let Some(cur) = self.get(p.host_port, p.proto)? {
-            if cur == *p {
-                self.ensure_reverse(p)?;
-                return Ok(Change::Unchanged);
-            }
-            bail!(
-                "host port {}/{} is already published ({}); delete it first",
-                p.host_port,
-                p.proto,
-                cur.describe()
-            );
-        }
-        let rkey = p.reverse_key();
-        let rval = types::snat_value::new(p.host_port, p.veth_ifindex);
-        let mut claimed = true;
-        if let Some(c) = lookup::<_, types::snat_value>(&self.snat, &rkey)? {
-            let owner = self.get(c.host_port(), p.proto)?;
-            let live = owner.is_some_and(|o| o.reverse_key_tuple() == p.reverse_key_tuple());
-            if live {
-                bail!(
-                    "{}:{}/{} is already published under host port {}",
-                    p.ctr_ip,
-                    p.ctr_port,
-                    p.proto,
-                    c.host_port()
-                );
-            }
-            // Left by an interrupted add or delete: its host port does not
-            // lead here. Take it over.
-            self.snat.update(bytes_of(&rkey), bytes_of(&rval), MapFlags::EXIST).context("updating map snat_ports")?;
-            claimed = false;
-        } else if let Err(e) = self.snat.update(bytes_of(&rkey), bytes_of(&rval), MapFlags::NO_EXIST) {
-            return Err(full_or(e, "snat_ports", crate::abi::capacity::PUBLISHED));
-        }
-        if let Err(e) = self.dnat.update(bytes_of(&p.key()), bytes_of(&p.value()), MapFlags::NO_EXIST) {
-            if claimed {
-                let _ = delete(&self.snat, &rkey);
-            }
-            return Err(full_or(e, "dnat_ports", crate::abi::capacity::PUBLISHED));
-        }
-        Ok(Change::Added)
-    }
-
-    /// Publishes many ports, all or none: conflicts inside the batch are
-    /// found before anything is written, and if one add fails the ones this
-    /// call made are deleted again. The error carries the failing index.
-    pub fn add_all(&self, ps: &[Published]) -> std::result::Result<usize, (usize, anyhow::Error)> {
-        let mut fwd: std::collections::HashMap<(u16, Proto), usize> = std::collections::HashMap::new();
-        let mut rev: std::collections::HashMap<(Ipv4Addr, u16, Proto), usize> = std::collections::HashMap::new();
-        for (i, p) in ps.iter().enumerate() {
-            if let Some(&j) = fwd.get(&(p.host_port, p.proto)) {
-                if ps[j] != *p {
-                    return Err((i, anyhow!("host port {}/{} is also published by entry {}", p.host_port, p.proto, j + 1)));
-                }
-            }
-            if let Some(&j) = rev.get(&p.reverse_key_tuple()) {
-                if ps[j].host_port != p.host_port {
-                    return Err((
-                        i,
-                        anyhow!("{}:{}/{} is also published by entry {}", p.ctr_ip, p.ctr_port, p.proto, j + 1),
-                    ));
-                }
-            }
-            fwd.insert((p.host_port, p.proto), i);
-            rev.insert(p.reverse_key_tuple(), i);
-        }
-        let _lock = self.pins.lock_maps().map_err(|e| (0, e))?;
-        let mut added = Vec::new();
-        for (i, p) in ps.iter().enumerate() {
-            match self.add_locked(p) {
-                Ok(Change::Added) => added.push(i),
-                Ok(_) => {}
-                Err(e) => {
-                    for &j in added.iter().rev() {
-                        let _ = self.del_locked(ps[j].host_port, ps[j].proto);
-                    }
-                    return Err((i, e));
-                }
-            }
-        }
-        Ok(added.len())
-    }
-
-    /// Repairs the reverse entry of a published port (after an interrupted
-    /// add or delete); called under the maps lock.
-    fn ensure_reverse(&self, p: &Published) -> Result<()> {
-        let rkey = p.reverse_key();
-        let rval = types::snat_value::new(p.host_port, p.veth_ifindex);
-        let cur: Option<types::snat_value> = lookup(&self.snat, &rkey)?;
-        if cur.is_some_and(|c| c.host_port() == p.host_port && c.veth_ifindex == p.veth_ifindex) {
-            return Ok(());
-        }
-        self.snat
-            .update(bytes_of(&rkey), bytes_of(&rval), MapFlags::ANY)
-            .map_err(|e| full_or(e, "snat_ports", crate::abi::capacity::PUBLISHED))
-    }
-
-    /// Unpublishes a port; deleting what is not there succeeds.
-    pub fn del(&self, host_port: u16, proto: Proto) -> Result<Change> {
-        let _lock = self.pins.lock_maps()?;
-        self.del_locked(host_port, proto)
-    }
-
-    fn del_locked(&self, host_port: u16, proto: Proto) -> Result<Change> {
-        let Some(p) = self.get(host_port, proto)? else {
-            return Ok(Change::Absent);
-        };
-        let deleted = delete(&self.dnat, &p.key())?;
-        let rkey = p.reverse_key();
-        if let Some(r) = lookup::<_, types::snat_value>(&self.snat, &rkey)? {
-            if r.host_port() == host_port {
-                delete(&self.snat, &rkey)?;
-            }
-        }
-        Ok(if deleted { Change::Deleted } else { Change::Absent })
-    }
-
-    pub fn counts(&self) -> (usize, usize) {
-        (count(&self.dnat), count(&self.snat))
+impl serde::Serialize for Proto {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -406,46 +243,6 @@ impl VethMap {
     }
 }
 
-/// The external side used for replies (`map snat`).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct External {
-    pub ext_ip: Ipv4Addr,
-    pub ext_ifindex: u32,
-}
-
-pub struct SnatConfig {
-    map: MapHandle,
-}
-
-impl SnatConfig {
-    pub fn open(pins: &PinRoot) -> Result<Self> {
-        Ok(Self { map: open(pins, "snat_cfg")? })
-    }
-
-    pub fn get(&self) -> Result<Option<External>> {
-        let v: types::snat_config = lookup(&self.map, &0u32)?.unwrap_or_default();
-        if v.ext_ip == 0 {
-            return Ok(None);
-        }
-        Ok(Some(External { ext_ip: v.ext_ip(), ext_ifindex: v.ext_ifindex }))
-    }
-
-    pub fn set(&self, ext: &External) -> Result<()> {
-        if ext.ext_ip.is_unspecified() {
-            bail!("external address 0.0.0.0 is not usable");
-        }
-        let v = types::snat_config::new(ext.ext_ip, ext.ext_ifindex);
-        self.map.update(bytes_of(&0u32), bytes_of(&v), MapFlags::ANY).context("updating map snat_cfg")
-    }
-
-    pub fn del(&self) -> Result<Change> {
-        let had = self.get()?.is_some();
-        let v = types::snat_config::default();
-        self.map.update(bytes_of(&0u32), bytes_of(&v), MapFlags::ANY).context("updating map snat_cfg")?;
-        Ok(if had { Change::Deleted } else { Change::Absent })
-    }
-}
-
 /// Ports of the proxy on the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ProxyPorts {
@@ -538,3 +335,92 @@ pub fn read_stats(map: &MapHandle) -> Result<Vec<Counter>> {
     Ok(out)
 }
 
+
+/// A published flow as dnat recorded it: the container side of the flow,
+/// and what the player used.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PublishedFlow {
+    pub ctr_ip: Ipv4Addr,
+    pub ctr_port: u16,
+    pub player_ip: Ipv4Addr,
+    pub player_port: u16,
+    pub proto: Proto,
+    pub ext_addr: Ipv4Addr,
+    pub host_port: u16,
+    pub ext_ifindex: u32,
+    pub veth_ifindex: u32,
+    pub slot: u32,
+}
+
+/// Every flow in `flows4`.
+pub fn published_flows(pins: &PinRoot) -> Result<Vec<PublishedFlow>> {
+    entries::<types::flow4_key, types::flow4_value>(&open(pins, name::FLOWS4)?)?
+        .into_iter()
+        .map(|(k, v)| {
+            Ok(PublishedFlow {
+                ctr_ip: k.ctr_addr(),
+                ctr_port: k.ctr_port(),
+                player_ip: k.peer_addr(),
+                player_port: k.peer_port(),
+                proto: Proto::from_number(k.proto)?,
+                ext_addr: v.ext_addr(),
+                host_port: v.host_port(),
+                ext_ifindex: v.ext_ifindex,
+                veth_ifindex: v.veth_ifindex,
+                slot: v.slot,
+            })
+        })
+        .collect()
+}
+
+/// A UDP flow the host opened to a container (`host_flows4`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HostFlow {
+    pub ctr_ip: Ipv4Addr,
+    pub ctr_port: u16,
+    pub host_ip: Ipv4Addr,
+    pub host_port: u16,
+    pub veth_ifindex: u32,
+}
+
+/// Every flow in `host_flows4`.
+pub fn host_flows(pins: &PinRoot) -> Result<Vec<HostFlow>> {
+    Ok(entries::<types::flow4_key, types::host_flow_value>(&open(pins, name::HOST_FLOWS4)?)?
+        .into_iter()
+        .map(|(k, v)| HostFlow {
+            ctr_ip: k.ctr_addr(),
+            ctr_port: k.ctr_port(),
+            host_ip: k.peer_addr(),
+            host_port: k.peer_port(),
+            veth_ifindex: v.veth_ifindex,
+        })
+        .collect())
+}
+
+/// The counters of one published port (slot), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PortCounters {
+    pub pkts_in: u64,
+    pub bytes_in: u64,
+    pub pkts_out: u64,
+    pub bytes_out: u64,
+    pub conns: u64,
+}
+
+/// Reads the counters of slot `slot` from `port_stats`.
+pub fn port_counters(map: &MapHandle, slot: u32) -> Result<PortCounters> {
+    let per_cpu = map
+        .lookup_percpu(bytes_of(&slot), MapFlags::ANY)
+        .context("reading map port_stats")?
+        .with_context(|| format!("slot {slot} is beyond port_stats"))?;
+    let mut sum = PortCounters::default();
+    for cpu in per_cpu {
+        let c: types::port_counter = from_bytes(&cpu)?;
+        sum.pkts_in += c.pkts_in;
+        sum.bytes_in += c.bytes_in;
+        sum.pkts_out += c.pkts_out;
+        sum.bytes_out += c.bytes_out;
+        sum.conns += c.conns;
+    }
+    Ok(sum)
+}

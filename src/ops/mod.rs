@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::kernel::attach::{self, Kind, Records};
 use crate::abi::{Proto, PROG_NAMES};
 use crate::kernel::loader::{Datapath, Objects};
-use crate::maps::{self, Change, DnatMaps, External, ProxyPorts, Published, SnatConfig, Veth, VethMap};
+use crate::maps::{self, published, Change, Ext, External, Mapping, ProxyPorts, Published, Txn, Veth, VethMap};
 use crate::net::netif;
 use crate::net::netns::NetnsGuard;
 use crate::kernel::pins::PinRoot;
@@ -123,6 +123,7 @@ pub fn detach_getsockopt(pins: &PinRoot, path: Option<&Path>) -> Result<()> {
 /// Arguments of `map dnat add`, as typed.
 #[derive(Debug, Clone)]
 pub struct DnatAdd {
+    pub ext: Ext,
     pub host_port: u16,
     pub ctr_ip: Ipv4Addr,
     pub veth: String,
@@ -131,29 +132,58 @@ pub struct DnatAdd {
     pub to_port: u16,
 }
 
+impl DnatAdd {
+    fn mapping(&self, veth_ifindex: u32) -> Mapping {
+        Mapping {
+            ext_addr: self.ext,
+            host_port: self.host_port,
+            proto: self.proto,
+            ctr_ip: self.ctr_ip,
+            ctr_port: self.to_port,
+            ctr_mac: self.ctr_mac,
+            veth_ifindex,
+        }
+    }
+}
+
+/// Parses `[<ext-addr>:]<host-port>`: a port alone is published on the
+/// default external addresses.
+pub fn parse_host_port(s: &str) -> Result<(Ext, u16)> {
+    let shown: String = s.chars().take(64).collect();
+    let (ext, port) = match s.rsplit_once(':') {
+        None => (Ext::Default, s),
+        Some((a, p)) => {
+            if a.starts_with('[') || a.contains(':') {
+                bail!("invalid host port '{shown}': IPv6 external addresses are not supported");
+            }
+            let ip: Ipv4Addr = a.parse().map_err(|_| {
+                let a: String = a.chars().take(64).collect();
+                anyhow::anyhow!("invalid host port '{shown}': '{a}' is not an IPv4 address")
+            })?;
+            (Ext::Addr(ip), p)
+        }
+    };
+    match port.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok((ext, p as u16)),
+        _ => bail!("invalid port '{shown}': expected [ADDRESS:]1-65535"),
+    }
+}
+
 pub fn dnat_add(pins: &PinRoot, netns: Option<&str>, a: &DnatAdd) -> Result<Change> {
-    let maps = DnatMaps::open(pins)?;
+    pins.require_loaded()?;
     let veth = {
         let _ns = NetnsGuard::enter(netns)?;
         netif::resolve(&a.veth)?
     };
-    let p = Published {
-        host_port: a.host_port,
-        proto: a.proto,
-        ctr_ip: a.ctr_ip,
-        ctr_port: a.to_port,
-        ctr_mac: a.ctr_mac,
-        veth_ifindex: veth.index,
-    };
-    maps.add(&p)
+    published::publish(pins, &a.mapping(veth.index))
 }
 
 /// `map dnat add --from-file`: every line of `lines` (numbered from 1 as
-/// in the file) is added, or none is.
+/// in the file) is added, or none is: one transaction.
 pub fn dnat_add_batch(pins: &PinRoot, netns: Option<&str>, lines: &[(usize, DnatAdd)]) -> Result<usize> {
-    let maps = DnatMaps::open(pins)?;
+    pins.require_loaded()?;
     let mut ifaces = std::collections::HashMap::new();
-    let mut ps = Vec::with_capacity(lines.len());
+    let mut ms = Vec::with_capacity(lines.len());
     {
         let _ns = NetnsGuard::enter(netns)?;
         for (line, a) in lines {
@@ -165,48 +195,90 @@ pub fn dnat_add_batch(pins: &PinRoot, netns: Option<&str>, lines: &[(usize, Dnat
                     i
                 }
             };
-            ps.push(Published {
-                host_port: a.host_port,
-                proto: a.proto,
-                ctr_ip: a.ctr_ip,
-                ctr_port: a.to_port,
-                ctr_mac: a.ctr_mac,
-                veth_ifindex: index,
-            });
+            ms.push(a.mapping(index));
         }
     }
-    maps.add_all(&ps).map_err(|(i, e)| e.context(format!("line {}", lines[i].0)))
+    let mut txn = Txn::begin(pins)?;
+    let mut added = 0;
+    for ((line, _), m) in lines.iter().zip(&ms) {
+        if published::add(&mut txn, m).with_context(|| format!("line {line}"))? == Change::Added {
+            added += 1;
+        }
+    }
+    txn.commit()?;
+    Ok(added)
 }
 
-pub fn dnat_del(pins: &PinRoot, port: u16, proto: Proto) -> Result<Change> {
-    DnatMaps::open(pins)?.del(port, proto)
+pub fn dnat_del(pins: &PinRoot, ext: Ext, port: u16, proto: Proto) -> Result<Change> {
+    published::unpublish(pins, ext, port, proto)
 }
 
-pub fn dnat_get(pins: &PinRoot, port: u16, proto: Proto) -> Result<Published> {
-    DnatMaps::open(pins)?
-        .get(port, proto)?
-        .with_context(|| format!("host port {port}/{proto} is not published"))
+pub fn dnat_get(pins: &PinRoot, ext: Ext, port: u16, proto: Proto) -> Result<Published> {
+    let map = maps::open(pins, maps::name::MAPPINGS)?;
+    published::get(&map, ext, port, proto)?.with_context(|| {
+        let what = match ext {
+            Ext::Default => format!("host port {port}/{proto}"),
+            Ext::Addr(a) => format!("{a}:{port}/{proto}"),
+        };
+        format!("{what} is not published")
+    })
 }
 
 pub fn dnat_list(pins: &PinRoot) -> Result<Vec<Published>> {
-    DnatMaps::open(pins)?.list()
+    published::list(pins)
 }
 
-pub fn snat_set(pins: &PinRoot, netns: Option<&str>, ip: Ipv4Addr, iface: &str) -> Result<()> {
-    let cfg = SnatConfig::open(pins)?;
+/// `map external add`: an external address on an interface; `default`
+/// publishes every default mapping on it.
+pub fn external_add(pins: &PinRoot, netns: Option<&str>, addr: Ipv4Addr, iface: &str, default: bool) -> Result<Change> {
+    pins.require_loaded()?;
+    published::check_addr(addr, "external address")?;
     let iface = {
         let _ns = NetnsGuard::enter(netns)?;
         netif::resolve(iface)?
     };
-    cfg.set(&External { ext_ip: ip, ext_ifindex: iface.index })
+    let mut txn = Txn::begin(pins)?;
+    let c = published::external_add(&mut txn, addr, iface.index, &iface.name, default)?;
+    txn.commit()?;
+    Ok(c)
+}
+
+pub fn external_del(pins: &PinRoot, addr: Ipv4Addr) -> Result<Change> {
+    let mut txn = Txn::begin(pins)?;
+    let c = published::external_del(&mut txn, addr)?;
+    txn.commit()?;
+    Ok(c)
+}
+
+pub fn external_list(pins: &PinRoot) -> Result<Vec<External>> {
+    published::externals(pins)
+}
+
+/// `map snat set`: `map external add <ip> <if> --default`.
+pub fn snat_set(pins: &PinRoot, netns: Option<&str>, ip: Ipv4Addr, iface: &str) -> Result<Change> {
+    external_add(pins, netns, ip, iface, true)
+}
+
+/// The default IPv4 external address, for `map snat get`/`del`; several
+/// are not one.
+fn the_default(pins: &PinRoot) -> Result<Option<External>> {
+    let defaults: Vec<External> = published::externals(pins)?.into_iter().filter(|e| e.default).collect();
+    if defaults.len() > 1 {
+        let all: Vec<String> = defaults.iter().map(|e| e.addr.to_string()).collect();
+        bail!("there are {} default external addresses ({}); see datapathctl map external list", all.len(), all.join(", "));
+    }
+    Ok(defaults.into_iter().next())
 }
 
 pub fn snat_get(pins: &PinRoot) -> Result<External> {
-    SnatConfig::open(pins)?.get()?.context("the external address is not set (datapathctl map snat set)")
+    the_default(pins)?.context("the default external address is not set (datapathctl map snat set)")
 }
 
 pub fn snat_del(pins: &PinRoot) -> Result<Change> {
-    SnatConfig::open(pins)?.del()
+    match the_default(pins)? {
+        Some(e) => external_del(pins, e.addr),
+        None => Ok(Change::Absent),
+    }
 }
 
 /// `map veth add`: reads the host veth's index, MAC and address from the
@@ -216,6 +288,7 @@ pub fn veth_add(pins: &PinRoot, netns: Option<&str>, iface: &str, ctr_ip: Ipv4Ad
     let _ns = NetnsGuard::enter(netns)?;
     let iface = netif::resolve(iface)?;
     let host_mac = netif::mac_of(&iface.name)?;
+    maps::check_addr(ctr_ip, "container address")?;
     let host_ip = netif::ipv4_of(&iface.name)?
         .with_context(|| format!("host veth '{}' has no IPv4 address; the proxy listens on it", iface.name))?;
     if host_ip == ctr_ip {
@@ -280,7 +353,7 @@ pub struct Status {
     pub programs: Vec<ProgStatus>,
     pub attachments: Vec<attach::Record>,
     pub maps: Vec<MapStatus>,
-    pub external: Option<External>,
+    pub externals: Vec<External>,
     pub proxy_ports: Option<ProxyPorts>,
 }
 
@@ -310,7 +383,7 @@ pub fn status(pins: &PinRoot) -> Result<Status> {
         programs: Vec::new(),
         attachments: Vec::new(),
         maps: Vec::new(),
-        external: None,
+        externals: Vec::new(),
         proxy_ports: None,
     };
     if !st.loaded {
@@ -332,7 +405,7 @@ pub fn status(pins: &PinRoot) -> Result<Status> {
         };
         st.maps.push(MapStatus { name, entries, capacity: map.max_entries() });
     }
-    st.external = SnatConfig::open(pins)?.get()?;
+    st.externals = published::externals(pins)?;
     st.proxy_ports = maps::proxy_ports_get(&maps::open(pins, "proxy_cfg")?)?;
     Ok(st)
 }
@@ -340,4 +413,34 @@ pub fn status(pins: &PinRoot) -> Result<Status> {
 /// `stats`: every counter, summed over CPUs.
 pub fn stats(pins: &PinRoot) -> Result<Vec<maps::Counter>> {
     maps::read_stats(&maps::open(pins, "stats")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports_name_an_address_or_the_defaults() {
+        assert_eq!(parse_host_port("30001").unwrap(), (Ext::Default, 30001));
+        assert_eq!(parse_host_port("203.0.113.10:25565").unwrap(), (Ext::Addr(Ipv4Addr::new(203, 0, 113, 10)), 25565));
+        for (bad, says) in [
+            ("0", "port"),
+            ("65536", "port"),
+            ("", "port"),
+            ("203.0.113.10:", "port"),
+            ("203.0.113.10:0", "port"),
+            (":30001", "not an IPv4 address"),
+            ("203.0.113:30001", "not an IPv4 address"),
+            ("[2001:db8::1]:30001", "IPv6"),
+            ("2001:db8::1:30001", "IPv6"),
+        ] {
+            let e = parse_host_port(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        let long = format!("{}:1", "9".repeat(200));
+        let e = parse_host_port(&long).unwrap_err().to_string();
+        assert!(e.len() < 200, "input echoed in errors is cut to 64 bytes: {e}");
+        let e = parse_host_port(&"7".repeat(300)).unwrap_err().to_string();
+        assert!(e.len() < 200, "input echoed in errors is cut to 64 bytes: {e}");
+    }
 }

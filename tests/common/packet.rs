@@ -97,6 +97,27 @@ impl Pkt {
         p
     }
 
+    /// An ICMP error (`icmp_type`, `code`; `rest` is the second word, e.g.
+    /// the next-hop MTU of "fragmentation needed") about `embedded`, an
+    /// IPv4 packet without its Ethernet header (as much of it as the error
+    /// carries), with a complete ICMP checksum.
+    pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, code: u8, rest: u32, embedded: &[u8]) -> Self {
+        let mut p = Self::base(ICMP, (src, 0), (dst, 0));
+        p.frag = 0;
+        p.payload = vec![icmp_type, code, 0, 0];
+        p.payload.extend(rest.to_be_bytes());
+        p.payload.extend(embedded);
+        let c = csum_fold(csum_add(0, &p.payload));
+        p.payload[2..4].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    /// The IPv4 packet of this frame, without the Ethernet header.
+    pub fn ip_packet(&self) -> Vec<u8> {
+        let f = self.build();
+        f[14 + if self.vlan.is_some() { 4 } else { 0 }..].to_vec()
+    }
+
     pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Self {
         self.eth_src = src;
         self.eth_dst = dst;
@@ -259,18 +280,28 @@ pub fn parse(f: &[u8]) -> Result<Parsed, String> {
 
 /// Verifies the IPv4 header checksum and the TCP/UDP checksum (with the
 /// pseudo-header) of a frame from scratch. A UDP checksum of 0 means none.
+/// ICMP: the ICMP checksum over the whole message, and for an error
+/// (destination unreachable, time exceeded) the embedded IPv4 header's
+/// checksum, and the embedded TCP/UDP checksum when the error carries the
+/// whole embedded packet.
 pub fn verify_checksums(f: &[u8]) -> Result<(), String> {
     if f.len() < 34 || u16::from_be_bytes([f[12], f[13]]) != ETH_P_IP {
         return Err("not Ethernet/IPv4".into());
     }
-    let ip = &f[14..];
+    verify_ipv4(&f[14..], "")
+}
+
+fn verify_ipv4(ip: &[u8], what: &str) -> Result<(), String> {
+    if ip.len() < 20 {
+        return Err(format!("{what}IPv4 header cut short: {} bytes", ip.len()));
+    }
     let ihl = usize::from(ip[0] & 0xf) * 4;
     let tot = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     if ihl < 20 || tot < ihl || ip.len() < tot {
-        return Err(format!("bad lengths: ihl {ihl} total {tot} have {}", ip.len()));
+        return Err(format!("{what}bad lengths: ihl {ihl} total {tot} have {}", ip.len()));
     }
     if csum_fold(csum_add(0, &ip[..ihl])) != 0 {
-        return Err("IPv4 header checksum is wrong".into());
+        return Err(format!("{what}IPv4 header checksum is wrong"));
     }
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
     let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
@@ -283,7 +314,31 @@ pub fn verify_checksums(f: &[u8]) -> Result<(), String> {
             }
             let sum = csum_add(pseudo_sum(src, dst, proto, l4.len()), l4);
             if csum_fold(sum) != 0 {
-                return Err(format!("{} checksum is wrong", if proto == TCP { "TCP" } else { "UDP" }));
+                return Err(format!("{what}{} checksum is wrong", if proto == TCP { "TCP" } else { "UDP" }));
+            }
+            Ok(())
+        }
+        ICMP if what.is_empty() => {
+            if l4.len() < 8 {
+                return Err("ICMP header cut short".into());
+            }
+            if csum_fold(csum_add(0, l4)) != 0 {
+                return Err("ICMP checksum is wrong".into());
+            }
+            if !matches!(l4[0], 3 | 11) {
+                return Ok(());
+            }
+            let inner = &l4[8..];
+            let ihl = usize::from(inner.first().copied().unwrap_or(0) & 0xf) * 4;
+            if inner.len() < 20 || ihl < 20 || inner.len() < ihl {
+                return Err("embedded IPv4 header cut short".into());
+            }
+            if csum_fold(csum_add(0, &inner[..ihl])) != 0 {
+                return Err("embedded IPv4 header checksum is wrong".into());
+            }
+            let inner_tot = usize::from(u16::from_be_bytes([inner[2], inner[3]]));
+            if inner.len() >= inner_tot {
+                verify_ipv4(&inner[..inner_tot], "embedded ")?;
             }
             Ok(())
         }

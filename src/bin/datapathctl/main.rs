@@ -12,7 +12,7 @@ use serde::Serialize;
 use datapath::kernel::attach::Kind;
 use datapath::abi::Proto;
 use datapath::ops::{self, DnatAdd, LoadOptions};
-use datapath::maps::Change;
+use datapath::maps::{Change, Ext};
 use datapath::net::netif;
 use datapath::kernel::pins::{PinRoot, DEFAULT_PIN_ROOT};
 
@@ -99,7 +99,12 @@ enum MapCmd {
         #[command(subcommand)]
         op: DnatCmd,
     },
-    /// The host's external address for replies.
+    /// External addresses ports are published on.
+    External {
+        #[command(subcommand)]
+        op: ExternalCmd,
+    },
+    /// The default IPv4 external address (`map external ... --default`).
     Snat {
         #[command(subcommand)]
         op: SnatCmd,
@@ -115,9 +120,10 @@ enum MapCmd {
 enum DnatCmd {
     /// Publish a container port on a host port.
     Add {
-        /// Host port to publish (1-65535).
-        #[arg(value_parser = parse_port, required_unless_present = "from_file")]
-        host_port: Option<u16>,
+        /// Host port to publish (1-65535), on the default external
+        /// addresses, or ADDRESS:PORT on one external address.
+        #[arg(value_parser = parse_host_port, required_unless_present = "from_file")]
+        host_port: Option<(Ext, u16)>,
         /// Container IPv4 address.
         #[arg(value_parser = parse_ipv4, required_unless_present = "from_file")]
         ctr_ip: Option<Ipv4Addr>,
@@ -134,25 +140,25 @@ enum DnatCmd {
         #[arg(long, value_parser = parse_port, default_value = "25565")]
         to_port: u16,
         /// Add the mappings in FILE ('-': standard input), one per line as
-        /// HOST-PORT CTR-IP VETH CTR-MAC [--proto P] [--to-port N]; '#'
-        /// starts a comment. All are added, or none.
+        /// [ADDRESS:]HOST-PORT CTR-IP VETH CTR-MAC [--proto P] [--to-port N];
+        /// '#' starts a comment. All are added, or none.
         #[arg(long, value_name = "FILE", conflicts_with_all = ["host_port", "ctr_ip", "veth", "ctr_mac"])]
         from_file: Option<PathBuf>,
     },
     /// Unpublish a host port.
     Del {
-        /// Published host port.
-        #[arg(value_parser = parse_port)]
-        host_port: u16,
+        /// Published host port, or ADDRESS:PORT.
+        #[arg(value_parser = parse_host_port)]
+        host_port: (Ext, u16),
         /// Protocol.
         #[arg(long, default_value = "tcp", value_parser = parse_proto)]
         proto: Proto,
     },
     /// Show one published port.
     Get {
-        /// Published host port.
-        #[arg(value_parser = parse_port)]
-        host_port: u16,
+        /// Published host port, or ADDRESS:PORT.
+        #[arg(value_parser = parse_host_port)]
+        host_port: (Ext, u16),
         /// Protocol.
         #[arg(long, default_value = "tcp", value_parser = parse_proto)]
         proto: Proto,
@@ -162,8 +168,31 @@ enum DnatCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum ExternalCmd {
+    /// Add an external address (or make it a default one, or not).
+    Add {
+        /// External IPv4 address.
+        #[arg(value_parser = parse_ipv4)]
+        addr: Ipv4Addr,
+        /// External interface it is on, by name or index.
+        ext_if: String,
+        /// Publish the mappings without an address on it too.
+        #[arg(long)]
+        default: bool,
+    },
+    /// Remove an external address (refused while mappings name it).
+    Del {
+        /// External IPv4 address.
+        #[arg(value_parser = parse_ipv4)]
+        addr: Ipv4Addr,
+    },
+    /// List the external addresses.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
 enum SnatCmd {
-    /// Set the external address and interface replies leave by.
+    /// Add the default external address: `map external add ADDR IF --default`.
     Set {
         /// External IPv4 address.
         #[arg(value_parser = parse_ipv4)]
@@ -171,9 +200,9 @@ enum SnatCmd {
         /// External interface, by name or index.
         ext_if: String,
     },
-    /// Show the external address.
+    /// Show the default external address.
     Get,
-    /// Clear the external address (replies are then dropped).
+    /// Remove the default external address.
     Del,
 }
 
@@ -210,6 +239,10 @@ fn parse_port(s: &str) -> Result<u16, String> {
 
 fn parse_ipv4(s: &str) -> Result<Ipv4Addr, String> {
     s.parse::<Ipv4Addr>().map_err(|_| format!("invalid IPv4 address '{s}'"))
+}
+
+fn parse_host_port(s: &str) -> Result<(Ext, u16), String> {
+    ops::parse_host_port(s).map_err(|e| e.to_string())
 }
 
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -265,6 +298,13 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -
         }
     }
     Ok(())
+}
+
+/// What `map snat get` shows.
+#[derive(Serialize)]
+struct SnatOut {
+    ext_ip: Ipv4Addr,
+    ext_ifindex: u32,
 }
 
 #[derive(Serialize)]
@@ -333,28 +373,39 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 DnatCmd::Add { host_port, ctr_ip, veth, ctr_mac, proto, to_port, from_file: None } => {
                     // clap guarantees all four when there is no --from-file.
-                    let (Some(host_port), Some(ctr_ip), Some(veth), Some(ctr_mac)) = (host_port, ctr_ip, veth, ctr_mac)
+                    let (Some((ext, host_port)), Some(ctr_ip), Some(veth), Some(ctr_mac)) =
+                        (host_port, ctr_ip, veth, ctr_mac)
                     else {
                         bail!("map dnat add needs HOST-PORT CTR-IP VETH CTR-MAC or --from-file");
                     };
-                    let a = DnatAdd { host_port, ctr_ip, veth, ctr_mac, proto, to_port };
+                    let a = DnatAdd { ext, host_port, ctr_ip, veth, ctr_mac, proto, to_port };
                     change(json, ops::dnat_add(&pins, ns, &a)?)
                 }
-                DnatCmd::Del { host_port, proto } => change(json, ops::dnat_del(&pins, host_port, proto)?),
-                DnatCmd::Get { host_port, proto } => {
-                    print(json, &ops::dnat_get(&pins, host_port, proto)?, |p| p.describe())
+                DnatCmd::Del { host_port: (ext, port), proto } => change(json, ops::dnat_del(&pins, ext, port, proto)?),
+                DnatCmd::Get { host_port: (ext, port), proto } => {
+                    print(json, &ops::dnat_get(&pins, ext, port, proto)?, |p| p.describe())
                 }
                 DnatCmd::List => print(json, &ops::dnat_list(&pins)?, |l| {
                     l.iter().map(|p| p.describe()).collect::<Vec<_>>().join("\n")
                 }),
             },
-            MapCmd::Snat { op } => match op {
-                SnatCmd::Set { ext_ip, ext_if } => {
-                    ops::snat_set(&pins, ns, ext_ip, &ext_if).and_then(|()| ok(json))
+            MapCmd::External { op } => match op {
+                ExternalCmd::Add { addr, ext_if, default } => {
+                    change(json, ops::external_add(&pins, ns, addr, &ext_if, default)?)
                 }
-                SnatCmd::Get => print(json, &ops::snat_get(&pins)?, |e| {
-                    format!("external {} ifindex {}", e.ext_ip, e.ext_ifindex)
+                ExternalCmd::Del { addr } => change(json, ops::external_del(&pins, addr)?),
+                ExternalCmd::List => print(json, &ops::external_list(&pins)?, |l| {
+                    l.iter().map(|e| e.describe()).collect::<Vec<_>>().join("\n")
                 }),
+            },
+            MapCmd::Snat { op } => match op {
+                // The output of the release before external addresses.
+                SnatCmd::Set { ext_ip, ext_if } => ops::snat_set(&pins, ns, ext_ip, &ext_if).and_then(|_| ok(json)),
+                SnatCmd::Get => {
+                    let e = ops::snat_get(&pins)?;
+                    let out = SnatOut { ext_ip: e.addr, ext_ifindex: e.ifindex };
+                    print(json, &out, |o| format!("external {} ifindex {}", o.ext_ip, o.ext_ifindex))
+                }
                 SnatCmd::Del => change(json, ops::snat_del(&pins)?),
             },
             MapCmd::Veth { op } => match op {
@@ -381,8 +432,8 @@ fn run(cli: Cli) -> Result<()> {
 #[derive(Parser, Debug)]
 #[command(no_binary_name = true)]
 struct DnatLine {
-    #[arg(value_parser = parse_port)]
-    host_port: u16,
+    #[arg(value_parser = parse_host_port)]
+    host_port: (Ext, u16),
     #[arg(value_parser = parse_ipv4)]
     ctr_ip: Ipv4Addr,
     veth: String,
@@ -417,7 +468,8 @@ fn read_dnat_lines(file: &std::path::Path) -> Result<Vec<(usize, DnatAdd)>> {
         out.push((
             i + 1,
             DnatAdd {
-                host_port: l.host_port,
+                ext: l.host_port.0,
+                host_port: l.host_port.1,
                 ctr_ip: l.ctr_ip,
                 veth: l.veth,
                 ctr_mac: l.ctr_mac,
@@ -461,9 +513,12 @@ fn describe_status(s: &ops::Status) -> String {
     for m in &s.maps {
         out.push_str(&format!("\n  {:<12} {:>6} / {}", m.name, m.entries, m.capacity));
     }
-    match &s.external {
-        Some(e) => out.push_str(&format!("\nexternal: {} ifindex {}", e.ext_ip, e.ext_ifindex)),
-        None => out.push_str("\nexternal: not set"),
+    out.push_str("\nexternal addresses:");
+    if s.externals.is_empty() {
+        out.push_str(" none");
+    }
+    for e in &s.externals {
+        out.push_str(&format!("\n  {}", e.describe()));
     }
     if let Some(p) = &s.proxy_ports {
         out.push_str(&format!("\nproxy ports: dns {} http {} tcp {}", p.dns, p.http, p.tcp));
