@@ -941,3 +941,113 @@ pub fn neighbour(ns: &str, dst: Ipv4Addr) -> Option<String> {
         .and_then(|n| n["lladdr"].as_str().map(str::to_string))
 }
 
+
+// ---------------------------------------------------------------------------
+// External addresses and routed players
+
+/// A player behind a router: `player` ns ── `router` ns ── a second
+/// external interface of the host.
+///
+/// ```text
+///  host ns                     router ns                        player ns
+///  ex2<id> 10.97.0.1/24 ────── ro<id> 10.97.0.2/24
+///  [dnat]                      ri<id> 10.96.0.1/24 (MTU given) ─ pp<id> 10.96.0.2/24 (MTU 1500)
+/// ```
+///
+/// The host routes 10.96.0.0/24 via the router; the router forwards and
+/// sends ICMP errors like any router on a player's path.
+pub struct RoutedPlayer {
+    pub router: String,
+    pub player: String,
+    pub ip: Ipv4Addr,
+    /// The host's interface towards the router.
+    pub ext: String,
+}
+
+/// Router side of the host's second external link.
+pub const ROUTED_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 1);
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(10, 97, 0, 2);
+pub const ROUTED_PLAYER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 2);
+
+impl Topo {
+    /// Publishes container `i`'s port `to_port` on `ext`:`port` (`None`:
+    /// the default external addresses), as `map dnat add [ADDR:]PORT`.
+    pub fn publish_on(&self, ext: Option<Ipv4Addr>, port: u16, i: usize, proto: &str, to_port: u16) {
+        let c = &self.ctrs[i];
+        let spec = match ext {
+            Some(a) => format!("{a}:{port}"),
+            None => port.to_string(),
+        };
+        self.ctl.run(&[
+            "-n",
+            &self.host,
+            "map",
+            "dnat",
+            "add",
+            &spec,
+            &c.ip.to_string(),
+            &c.veth,
+            &format_mac(&c.mac),
+            "--proto",
+            proto,
+            "--to-port",
+            &to_port.to_string(),
+        ]);
+    }
+
+    /// A second address on the external interface, registered with `map
+    /// external add` (not a default one).
+    pub fn add_external(&self, addr: Ipv4Addr) {
+        ip(&format!("-n {} addr add {addr}/24 dev {}", self.host, self.ext));
+        self.ctl.run(&["-n", &self.host, "map", "external", "add", &addr.to_string(), &self.ext]);
+    }
+
+    /// Wires a player behind a router whose link towards the player has
+    /// MTU `inner_mtu` (the player's own interface keeps 1500, as behind a
+    /// home router on a smaller uplink), on a second external interface
+    /// of the host with dnat attached.
+    pub fn add_routed_player(&mut self, inner_mtu: u32) -> RoutedPlayer {
+        let (router, player) = (format!("dpe{}r", self.id), format!("dpe{}q", self.id));
+        for ns in [&router, &player] {
+            ip(&format!("netns add {ns}"));
+            self.namespaces.push(ns.clone());
+            ip(&format!("-n {ns} link set lo up"));
+        }
+        let (ext, ro, ri, pp) =
+            (format!("ey{}", self.id), format!("ro{}", self.id), format!("ri{}", self.id), format!("pp{}", self.id));
+        ip(&format!("-n {} link add {ext} type veth peer name {ro} netns {router}", self.host));
+        self.links.push((self.host.clone(), ext.clone()));
+        ip(&format!("-n {router} link add {ri} type veth peer name {pp} netns {player}"));
+        self.links.push((router.clone(), ri.clone()));
+        ip(&format!("-n {} addr add {ROUTED_HOST_IP}/24 dev {ext}", self.host));
+        ip(&format!("-n {router} addr add {ROUTER_IP}/24 dev {ro}"));
+        ip(&format!("-n {router} addr add 10.96.0.1/24 dev {ri}"));
+        ip(&format!("-n {router} link set {ri} mtu {inner_mtu}"));
+        ip(&format!("-n {player} addr add {ROUTED_PLAYER_IP}/24 dev {pp}"));
+        for (ns, dev) in [(&self.host, &ext), (&router, &ro), (&router, &ri), (&player, &pp)] {
+            ip(&format!("-n {ns} link set {dev} up"));
+        }
+        ip(&format!("-n {} route add 10.96.0.0/24 via {ROUTER_IP} dev {ext}", self.host));
+        ip(&format!("-n {router} route add default via {ROUTED_HOST_IP} dev {ro}"));
+        ip(&format!("-n {player} route add default via 10.96.0.1 dev {pp}"));
+        let out = Command::new("ip")
+            .args(["netns", "exec", &router, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .output()
+            .expect("running sysctl");
+        assert!(out.status.success(), "enabling forwarding in the router: {}", String::from_utf8_lossy(&out.stderr));
+        for (ns, dev) in [(&self.host, &ext), (&router, &ro), (&router, &ri), (&player, &pp)] {
+            wait_up(ns, dev);
+        }
+        self.ctl.run(&["-n", &self.host, "attach", "dnat", &ext]);
+        RoutedPlayer { router, player, ip: ROUTED_PLAYER_IP, ext }
+    }
+}
+
+/// Copies everything from `from` to `to` until EOF, then half-closes `to`.
+pub fn pump(mut from: TcpStream, mut to: TcpStream) -> JoinHandle<io::Result<u64>> {
+    thread::spawn(move || {
+        let n = io::copy(&mut from, &mut to)?;
+        to.shutdown(std::net::Shutdown::Write)?;
+        Ok(n)
+    })
+}
