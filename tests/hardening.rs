@@ -210,7 +210,7 @@ enum Class {
 
 /// The documented verdict and counter of each program for a frame of a
 /// class it does not own, arriving on a registered veth from the
-/// container's own address (src/bpf/*.bpf.c, DESIGN.md).
+/// container's own address (src/bpf/*.bpf.c, docs/ARCHITECTURE.md).
 fn documented(prog: &str, class: Class) -> (i32, Option<&'static str>) {
     use Class::*;
     match (prog, class) {
