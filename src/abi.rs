@@ -20,6 +20,9 @@ pub mod arp {
 pub mod tproxy {
     include!(concat!(env!("OUT_DIR"), "/tproxy.skel.rs"));
 }
+pub mod guard {
+    include!(concat!(env!("OUT_DIR"), "/guard.skel.rs"));
+}
 
 pub use dnat::types;
 
@@ -69,6 +72,20 @@ unsafe impl plain::Plain for types::dp_counter {}
 unsafe impl plain::Plain for types::attach_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::attach_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::guard_config {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::guard_limit {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::guard_lpm4 {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::guard_lpm6 {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::guard_deny {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::guard_src4_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::guard_state {}
 
 // The C side asserts the same sizes (dp_types.h).
 const _: () = assert!(std::mem::size_of::<types::dnat4_key>() == 8);
@@ -91,6 +108,13 @@ const _: () = assert!(std::mem::size_of::<types::flow_orig>() == 12);
 const _: () = assert!(std::mem::size_of::<types::dp_counter>() == 16);
 const _: () = assert!(std::mem::size_of::<types::attach_key>() == 16);
 const _: () = assert!(std::mem::size_of::<types::attach_value>() == 328);
+const _: () = assert!(std::mem::size_of::<types::guard_config>() == 32);
+const _: () = assert!(std::mem::size_of::<types::guard_limit>() == 32);
+const _: () = assert!(std::mem::size_of::<types::guard_lpm4>() == 8);
+const _: () = assert!(std::mem::size_of::<types::guard_lpm6>() == 20);
+const _: () = assert!(std::mem::size_of::<types::guard_deny>() == 16);
+const _: () = assert!(std::mem::size_of::<types::guard_src4_key>() == 8);
+const _: () = assert!(std::mem::size_of::<types::guard_state>() == 32);
 
 /// IP protocol of a published port or flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -216,7 +240,7 @@ impl types::flow4_key {
 
 impl types::flow4_value {
     pub fn new(ext_addr: Ipv4Addr, host_port: u16, ext_ifindex: u32, veth_ifindex: u32, slot: u32) -> Self {
-        Self { ext_addr: be32(ext_addr), host_port: host_port.to_be(), pad: 0, ext_ifindex, veth_ifindex, slot }
+        Self { ext_addr: be32(ext_addr), host_port: host_port.to_be(), flags: 0, pad: 0, ext_ifindex, veth_ifindex, slot }
     }
     pub fn ext_addr(&self) -> Ipv4Addr {
         ip_of(self.ext_addr)
@@ -399,8 +423,8 @@ pub fn stat_names() -> Result<Vec<String>> {
 }
 
 /// Pinned program names, in the order `status` shows them.
-pub const PROG_NAMES: [&str; 6] =
-    ["dnat", "snat", "arp", "tproxy_ingress", "tproxy_egress", "getsockopt"];
+pub const PROG_NAMES: [&str; 7] =
+    ["guard", "dnat", "snat", "arp", "tproxy_ingress", "tproxy_egress", "getsockopt"];
 
 /// Splits a counter name `DP_STAT_<PROGRAM>_<REASON>` into program and
 /// reason, matching the longest program name.
@@ -431,6 +455,9 @@ pub mod capacity {
     pub const EXTERNALS: u32 = C::DP_MAX_EXTERNALS.0;
     pub const VETHS: u32 = C::DP_MAX_VETHS.0;
     pub const ATTACHMENTS: u32 = C::DP_MAX_ATTACHMENTS.0;
+    pub const GUARD_DENY: u32 = C::DP_MAX_GUARD_DENY.0;
+    pub const GUARD_SOURCES: u32 = C::DP_MAX_GUARD_SOURCES.0;
+    pub const GUARD_VERIFIED: u32 = C::DP_MAX_GUARD_VERIFIED.0;
 }
 
 #[cfg(test)]

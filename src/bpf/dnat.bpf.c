@@ -214,6 +214,7 @@ int dnat(struct __sk_buff *skb)
 			  p.proto);
 	fv.ext_addr = p.ip->daddr;
 	fv.host_port = p.dport;
+	fv.flags = 0;
 	fv.pad = 0;
 	fv.ext_ifindex = skb->ifindex;
 	fv.veth_ifindex = v->veth_ifindex;

@@ -17,6 +17,10 @@ enum dp_capacity {
 	DP_MAX_VETHS = 65536,
 	DP_MAX_EXTERNALS = 1024,
 	DP_MAX_ATTACHMENTS = 4096,
+	DP_MAX_GUARD_DENY = 65536,	/* guard_deny4, guard_deny6 */
+	DP_MAX_GUARD_SOURCES = 65536,	/* guard_src4, guard_vsrc4 */
+	DP_MAX_GUARD_VERIFIED = 65536,	/* guard_verified4 */
+	DP_GUARD_LIMIT_SLOTS = 65536,	/* guard_limits: 0 global, else a port */
 };
 
 /* Default ports of the proxy on the host; `datapathctl load` may change them. */
@@ -76,6 +80,16 @@ enum dp_stat {
 	DP_STAT_GETSOCKOPT_FOUND,	/* SO_ORIGINAL_DST answered */
 	DP_STAT_GETSOCKOPT_MISS,	/* SO_ORIGINAL_DST for an unknown flow */
 
+	DP_STAT_GUARD_PASSED,		/* not subject to a limit: passed */
+	DP_STAT_GUARD_ADMITTED,		/* SYN or UDP within its source's limit */
+	DP_STAT_GUARD_NOT_IP,		/* neither IPv4 nor IPv6 (or tagged) */
+	DP_STAT_GUARD_MALFORMED,	/* too short for its headers: passed */
+	DP_STAT_GUARD_DENIED,		/* source on a deny list: dropped */
+	DP_STAT_GUARD_SYN_LIMITED,	/* SYN over its source's limit: dropped */
+	DP_STAT_GUARD_UDP_LIMITED,	/* UDP over its source's limit: dropped */
+	DP_STAT_GUARD_BLOCKED,		/* source blocked (--block-for): dropped */
+	DP_STAT_GUARD_STATE_ERROR,	/* source state not writable: passed */
+
 	DP_STAT_MAX,
 	/* Not a counter: a verdict that is counted by the next program in
 	 * the chain (dp_verdict() counts nothing for it). */
@@ -106,6 +120,25 @@ enum dp_attach_kind {
 /* Flags of an attachment record. */
 enum dp_attach_flag {
 	DP_ATTACH_F_QDISC_CREATED = 1,	/* datapathctl created the clsact qdisc */
+	DP_ATTACH_F_XDP_NATIVE = 2,	/* guard runs in the driver (XDP) */
+	DP_ATTACH_F_XDP_GENERIC = 4,	/* guard runs in generic (skb) XDP */
+};
+
+/* guard: the classes a source is limited in, and why it is blocked. */
+enum dp_guard_class {
+	DP_GUARD_SYN = 1,		/* TCP SYN without ACK: a new connection */
+	DP_GUARD_UDP = 2,		/* UDP towards a published port */
+};
+
+/* flow4_value.flags: what snat has seen of a flow. */
+enum dp_flow_flag {
+	DP_FLOW_F_VERIFIED = 1,	/* a TCP segment other than SYN-ACK or RST went
+				 * to the player: its source is verified */
+};
+
+/* guard_state.flags */
+enum dp_guard_flag {
+	DP_GUARD_F_VERIFIED = 1,	/* the state lives in guard_vsrc4 */
 };
 
 enum dp_name_len {

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* The maps, shared by all four objects. datapathctl pins each one under
+/* The maps, shared by every object. datapathctl pins each one under
  * <pin root>/maps/<name> and hands the same map to every object it loads,
  * so a definition here is the one every program sees. User-space-only hash
  * maps are BPF_F_NO_PREALLOC: they cost memory only for what they hold. */
@@ -139,6 +139,69 @@ struct {
 
 /* Names a map in an instruction that never runs. */
 #define dp_keep(map) asm volatile("" : : "r"(&(map)))
+/* guard: settings (one entry; the clock tests use). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct guard_config);
+} guard_cfg SEC(".maps");
+
+/* guard: limits by host port, index 0 for every published port. An array,
+ * so the lookup on the packet path is an inlined index. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DP_GUARD_LIMIT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct guard_limit);
+} guard_limits SEC(".maps");
+
+/* guard: denied IPv4 sources (LPM trie; tries need BPF_F_NO_PREALLOC). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, DP_MAX_GUARD_DENY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct guard_lpm4);
+	__type(value, struct guard_deny);
+} guard_deny4 SEC(".maps");
+
+/* guard: denied IPv6 sources. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, DP_MAX_GUARD_DENY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct guard_lpm6);
+	__type(value, struct guard_deny);
+} guard_deny6 SEC(".maps");
+
+/* guard: token buckets and blocks of unverified IPv4 sources (LRU). Any
+ * address, spoofed or not, can make an entry here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DP_MAX_GUARD_SOURCES);
+	__type(key, struct guard_src4_key);
+	__type(value, struct guard_state);
+} guard_src4 SEC(".maps");
+
+/* guard: the same for verified sources (LRU), so that a spoofed flood,
+ * which fills guard_src4, never evicts them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DP_MAX_GUARD_SOURCES);
+	__type(key, struct guard_src4_key);
+	__type(value, struct guard_state);
+} guard_vsrc4 SEC(".maps");
+
+/* guard: verified IPv4 sources (LRU): players a container has sent a TCP
+ * segment other than SYN-ACK or RST, which its stack only does once the
+ * player completed the handshake, so the address is not spoofed. Written
+ * by snat only: no packet from outside can make an entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DP_MAX_GUARD_VERIFIED);
+	__type(key, __be32);
+	__type(value, __u64);
+} guard_verified4 SEC(".maps");
 
 /* Every program refers to every map of the pin root, so while any program
  * is attached all the maps stay alive and can be found again from it
@@ -170,6 +233,13 @@ static __always_inline void dp_keep_maps(void)
 		dp_keep(meta);
 		dp_keep(slot_next);
 		dp_keep(attachments);
+		dp_keep(guard_cfg);
+		dp_keep(guard_limits);
+		dp_keep(guard_deny4);
+		dp_keep(guard_deny6);
+		dp_keep(guard_src4);
+		dp_keep(guard_vsrc4);
+		dp_keep(guard_verified4);
 	}
 }
 
@@ -211,6 +281,9 @@ struct dp_btf_enums {
 	enum dp_name_len len;
 	enum dp_dir dir;
 	enum dp_ext_flag ext_flag;
+	enum dp_guard_class guard_class;
+	enum dp_guard_flag guard_flag;
+	enum dp_flow_flag flow_flag;
 };
 
 /* Never called, so never loaded. Its signature puts the shared enums into

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Packet parsing and rewriting shared by the TC programs. */
+/* Packet parsing shared by the TC and XDP programs, and the rewrites of
+ * the TC programs (which need an skb). */
 #pragma once
 
 #include <linux/bpf.h>
@@ -22,6 +23,7 @@ enum dp_parse {
 	DP_PARSE_NOT_L4,	/* IPv4, but neither TCP nor UDP */
 	DP_PARSE_FRAGMENT,	/* IPv4 fragment, first or not */
 	DP_PARSE_MALFORMED,	/* too short or inconsistent headers */
+	DP_PARSE_PULL,		/* headers beyond the linear head (TC only) */
 };
 
 struct dp_l4 {
@@ -34,16 +36,17 @@ struct dp_l4 {
 	__u8 proto;
 };
 
-/* Parses Ethernet, IPv4 and the TCP or UDP header. Lengths come from the
- * headers themselves (IHL, total length, TCP data offset, UDP length) and
- * are checked against skb->len, which at TC counts the whole frame even
- * when only its head is linear. A header that is not in the linear head is
- * pulled in; direct access only sees data..data_end. */
-static __always_inline int dp_parse_l4(struct __sk_buff *skb, struct dp_l4 *p)
+/* Parses Ethernet, IPv4 and the TCP or UDP header of a frame whose first
+ * data_end - data bytes are directly readable and whose whole length is
+ * `len`. Lengths come from the headers themselves (IHL, total length, TCP
+ * data offset, UDP length) and are checked against `len`. Needs no skb, so
+ * XDP (where the frame is all there: len = data_end - data) and TC share
+ * it. Returns DP_PARSE_PULL, with p->l4_off set to the bytes needed, when
+ * the L4 header lies beyond data_end but within `len` (only at TC). */
+static __always_inline int dp_parse_frame(void *data, void *data_end,
+					  __u32 len, struct dp_l4 *p)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	__u32 ihl_len, tot_len, l4_len, need;
+	__u32 ihl_len, tot_len, l4_len;
 	struct iphdr *ip;
 	void *l4;
 
@@ -51,12 +54,6 @@ static __always_inline int dp_parse_l4(struct __sk_buff *skb, struct dp_l4 *p)
 	p->ip = NULL;
 	if ((void *)(p->eth + 1) > data_end)
 		return DP_PARSE_MALFORMED;
-	/* Before TC ingress the kernel moves an 802.1Q/802.1ad tag out of the
-	 * frame into skb->vlan_tci (skb_vlan_untag()), so a tagged frame looks
-	 * untagged here. The datapath serves untagged traffic only: a tagged
-	 * frame is not ours, whatever its inner EtherType says. */
-	if (skb->vlan_present)
-		return DP_PARSE_NOT_IPV4;
 	if (p->eth->h_proto != bpf_htons(ETH_P_IP))
 		return DP_PARSE_NOT_IPV4;
 
@@ -67,7 +64,7 @@ static __always_inline int dp_parse_l4(struct __sk_buff *skb, struct dp_l4 *p)
 	ihl_len = ip->ihl * 4;
 	tot_len = bpf_ntohs(ip->tot_len);
 	if (ip->version != 4 || ihl_len < sizeof(*ip) || tot_len < ihl_len ||
-	    ETH_HLEN + tot_len > skb->len)
+	    ETH_HLEN + tot_len > len)
 		return DP_PARSE_MALFORMED;
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return DP_PARSE_FRAGMENT;
@@ -79,20 +76,10 @@ static __always_inline int dp_parse_l4(struct __sk_buff *skb, struct dp_l4 *p)
 					   sizeof(struct udphdr);
 	if (ihl_len + l4_len > tot_len)
 		return DP_PARSE_MALFORMED;
-	need = ETH_HLEN + ihl_len + l4_len;
-	if (data + need > data_end) {
-		/* Headers beyond the linear head: pull them in, which
-		 * invalidates every packet pointer, then parse again. */
-		p->ip = NULL;
-		if (bpf_skb_pull_data(skb, need))
-			return DP_PARSE_MALFORMED;
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-		p->eth = data;
-		ip = (void *)(p->eth + 1);
-		if ((void *)(ip + 1) > data_end)
-			return DP_PARSE_MALFORMED;
-		p->ip = ip;
+	p->l4_off = ETH_HLEN + ihl_len;
+	if (data + p->l4_off + l4_len > data_end) {
+		p->l4_off += l4_len;
+		return DP_PARSE_PULL;
 	}
 
 	/* ihl_len is 20..60; the mask lets the verifier see that too. */
@@ -115,10 +102,40 @@ static __always_inline int dp_parse_l4(struct __sk_buff *skb, struct dp_l4 *p)
 	}
 
 	p->ports = l4;
-	p->l4_off = ETH_HLEN + ihl_len;
 	p->sport = p->ports[0];
 	p->dport = p->ports[1];
 	return DP_PARSE_OK;
+}
+
+/* dp_parse_frame() for TC. skb->len counts the whole frame even when only
+ * its head is linear; a header that is not in the linear head is pulled in
+ * and the frame parsed again (the pull invalidates every packet pointer).
+ * Before TC ingress the kernel moves an 802.1Q/802.1ad tag out of the
+ * frame into skb->vlan_tci (skb_vlan_untag()), so a tagged frame looks
+ * untagged here. The datapath serves untagged traffic only: a tagged frame
+ * is not ours, whatever its inner EtherType says. */
+static __always_inline int dp_parse_l4(struct __sk_buff *skb, struct dp_l4 *p)
+{
+	int ret;
+
+	p->eth = (void *)(long)skb->data;
+	p->ip = NULL;
+	if (skb->vlan_present) {
+		if ((void *)(p->eth + 1) > (void *)(long)skb->data_end)
+			return DP_PARSE_MALFORMED;
+		return DP_PARSE_NOT_IPV4;
+	}
+	ret = dp_parse_frame((void *)(long)skb->data,
+			     (void *)(long)skb->data_end, skb->len, p);
+	if (ret != DP_PARSE_PULL)
+		return ret;
+	p->ip = NULL;
+	if (bpf_skb_pull_data(skb, p->l4_off))
+		return DP_PARSE_MALFORMED;
+	ret = dp_parse_frame((void *)(long)skb->data,
+			     (void *)(long)skb->data_end, skb->len, p);
+	/* Pulled as far as the headers go: still short means inconsistent. */
+	return ret == DP_PARSE_PULL ? DP_PARSE_MALFORMED : ret;
 }
 
 /* One's-complement arithmetic on 16-bit words as they lie in memory: the

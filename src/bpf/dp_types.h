@@ -45,7 +45,8 @@ struct flow4_key {
 struct flow4_value {
 	__be32 ext_addr;
 	__be16 host_port;
-	__u16 pad;
+	__u8 flags;		/* enum dp_flow_flag, set by snat; dnat writes 0 */
+	__u8 pad;
 	__u32 ext_ifindex;	/* the external interface it arrived on */
 	__u32 veth_ifindex;	/* replies are taken on this veth only */
 	__u32 slot;
@@ -184,6 +185,66 @@ struct attach_value {
 	__u32 pad;
 };
 
+/* guard_cfg value (single entry). */
+struct guard_config {
+	__u64 test_now;		/* 0: the clock is bpf_ktime_get_ns(); else it
+				 * stands at this value (tests only) */
+	__u64 reserved[3];	/* zero */
+};
+
+/* guard_limits value, indexed by host port (0: every published port).
+ * Rates are per second; 0 means no limit for that class (a port's entry
+ * then takes the global one's). The interval (1e9 / rate ns) is computed
+ * by user space, so the program never divides. */
+struct guard_limit {
+	__u32 syn_rate;
+	__u32 syn_burst;
+	__u32 syn_interval;	/* ns between two SYNs at the rate */
+	__u32 udp_rate;
+	__u32 udp_burst;
+	__u32 udp_interval;
+	__u32 block_for;	/* seconds a source over its limit is blocked */
+	__u32 set;		/* 1: the entry holds settings */
+};
+
+/* guard_deny4 key: an LPM trie key, prefix length first. */
+struct guard_lpm4 {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+/* guard_deny6 key. */
+struct guard_lpm6 {
+	__u32 prefixlen;
+	__be32 addr[4];
+};
+
+/* guard_deny4 / guard_deny6 value. */
+struct guard_deny {
+	__u64 expires;		/* guard clock (ns); 0: never */
+	__u32 prefixlen;	/* the entry's own, to look behind it */
+	__u32 pad;
+};
+
+/* guard_src4 / guard_vsrc4 key: a source and the scope of its limits
+ * (a host port with limits of its own, or 0 for the global ones). */
+struct guard_src4_key {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/* guard_src4 / guard_vsrc4 value: per-source token buckets kept as their
+ * theoretical arrival time (GCRA): a packet at time t conforms if
+ * tat - t <= (burst - 1) * interval, and then moves tat on by interval. */
+struct guard_state {
+	__u64 syn_tat;
+	__u64 udp_tat;
+	__u64 blocked_until;	/* guard clock (ns); 0: not blocked */
+	__u32 block_class;	/* enum dp_guard_class that caused the block */
+	__u32 flags;		/* enum dp_guard_flag */
+};
+
 _Static_assert(sizeof(struct dnat4_key) == 8, "dnat4_key layout");
 _Static_assert(sizeof(struct dnat4_value) == 20, "dnat4_value layout");
 _Static_assert(sizeof(struct flow4_key) == 16, "flow4_key layout");
@@ -204,3 +265,10 @@ _Static_assert(sizeof(struct flow_orig) == 12, "flow_orig layout");
 _Static_assert(sizeof(struct dp_counter) == 16, "dp_counter layout");
 _Static_assert(sizeof(struct attach_key) == 16, "attach_key layout");
 _Static_assert(sizeof(struct attach_value) == 328, "attach_value layout");
+_Static_assert(sizeof(struct guard_config) == 32, "guard_config layout");
+_Static_assert(sizeof(struct guard_limit) == 32, "guard_limit layout");
+_Static_assert(sizeof(struct guard_lpm4) == 8, "guard_lpm4 layout");
+_Static_assert(sizeof(struct guard_lpm6) == 20, "guard_lpm6 layout");
+_Static_assert(sizeof(struct guard_deny) == 16, "guard_deny layout");
+_Static_assert(sizeof(struct guard_src4_key) == 8, "guard_src4_key layout");
+_Static_assert(sizeof(struct guard_state) == 32, "guard_state layout");

@@ -10,6 +10,7 @@
  * source other than the container's is dropped here, first, so nothing
  * later in the chain ever sees a spoofed packet. */
 #include "dp_verdict.h"
+#include "dp_guard.h"
 #include "dp_pkt.h"
 
 SEC("tc")
@@ -48,6 +49,18 @@ int snat(struct __sk_buff *skb)
 				  NULL);
 
 	acct.slot = f->slot;
+	if (p.proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)p.ports;
+
+		/* The player completed a handshake: the guard keeps its limits'
+		 * state where a spoofed flood cannot evict it. Once per flow:
+		 * the flag is set in the flow in place. */
+		if (!tcp->syn && !tcp->rst &&
+		    !(f->flags & DP_FLOW_F_VERIFIED)) {
+			f->flags |= DP_FLOW_F_VERIFIED;
+			dp_guard_verify4(p.ip->daddr);
+		}
+	}
 	if (dp_rewrite(skb, &p, false, f->ext_addr, f->host_port))
 		return dp_verdict(len, DP_STAT_SNAT_REWRITE_FAILED, TC_ACT_SHOT,
 				  NULL);

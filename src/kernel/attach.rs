@@ -1,9 +1,12 @@
-//! Attaching programs: TC filters on interfaces and a bpf_link on a cgroup.
+//! Attaching programs: TC filters and the guard's XDP program on
+//! interfaces, and a bpf_link on a cgroup.
 //!
 //! Every attachment outlives the command that made it and is recorded in
 //! the pinned `attachments` map, so `load` can swap programs in place (same
-//! handle and priority, `BPF_TC_F_REPLACE`; `bpf_link_update` for cgroups)
-//! and `status`/`unload` know where things are.
+//! handle and priority, `BPF_TC_F_REPLACE`; `XDP_FLAGS_REPLACE` in the same
+//! XDP mode; `bpf_link_update` for cgroups) and `status`/`unload` know
+//! where things are. The XDP program is attached over netlink, not as a
+//! pinned bpf_link, so like a TC filter it needs no pin to stay attached.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -84,6 +87,48 @@ impl Kind {
 }
 
 const QDISC_CREATED: u32 = types::dp_attach_flag::DP_ATTACH_F_QDISC_CREATED.0;
+const XDP_NATIVE: u32 = types::dp_attach_flag::DP_ATTACH_F_XDP_NATIVE.0;
+const XDP_GENERIC: u32 = types::dp_attach_flag::DP_ATTACH_F_XDP_GENERIC.0;
+
+/// The XDP program that runs before a kind's TC programs (the guard before
+/// dnat), if the kind has one.
+fn xdp_prog(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Dnat => Some("guard"),
+        Kind::Host | Kind::Getsockopt => None,
+    }
+}
+
+/// How the guard runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver, before an skb exists.
+    Native,
+    /// Generic XDP, on the skb, for drivers without XDP support.
+    Generic,
+}
+
+impl XdpMode {
+    fn attach_flag(self) -> u32 {
+        match self {
+            XdpMode::Native => libbpf_sys::XDP_FLAGS_DRV_MODE,
+            XdpMode::Generic => libbpf_sys::XDP_FLAGS_SKB_MODE,
+        }
+    }
+    fn record_flag(self) -> u32 {
+        match self {
+            XdpMode::Native => XDP_NATIVE,
+            XdpMode::Generic => XDP_GENERIC,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+}
 
 impl serde::Serialize for Kind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -99,6 +144,9 @@ pub struct Record {
     pub netns: String,
     pub target: String,
     pub ifindex: u32,
+    /// How the kind's XDP program (the guard) runs there, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<XdpMode>,
     #[serde(skip)]
     pub id: u64,
     #[serde(skip)]
@@ -152,6 +200,13 @@ impl Records {
             netns: cstr_field(&v.netns),
             target: cstr_field(&v.target),
             ifindex: k.ifindex,
+            xdp: if v.flags & XDP_NATIVE != 0 {
+                Some(XdpMode::Native)
+            } else if v.flags & XDP_GENERIC != 0 {
+                Some(XdpMode::Generic)
+            } else {
+                None
+            },
             id: k.id,
             flags: v.flags,
             kind_code: k.kind,
@@ -304,6 +359,151 @@ fn tc_detach(ifindex: u32, slot: &TcSlot) -> Result<bool> {
     }
 }
 
+/// The XDP program attached to an interface, as the kernel reports it.
+struct XdpAttached {
+    id: u32,
+    mode: XdpMode,
+}
+
+/// What XDP program is attached to an interface (in the calling thread's
+/// namespace), if any. A program in hardware offload mode is reported as
+/// native: the guard never uses that mode, and it is not ours either way.
+fn xdp_query(iface: &netif::Iface) -> Result<Option<XdpAttached>> {
+    let mut opts = libbpf_sys::bpf_xdp_query_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_xdp_query_opts>() as _,
+        ..Default::default()
+    };
+    // SAFETY: opts is a valid, sized bpf_xdp_query_opts.
+    let rc = unsafe { libbpf_sys::bpf_xdp_query(iface.index as i32, 0, &mut opts) };
+    if rc != 0 {
+        return Err(errno(rc)).with_context(|| format!("querying the XDP program of {}", iface.name));
+    }
+    Ok(if opts.skb_prog_id != 0 {
+        Some(XdpAttached { id: opts.skb_prog_id, mode: XdpMode::Generic })
+    } else if opts.drv_prog_id != 0 {
+        Some(XdpAttached { id: opts.drv_prog_id, mode: XdpMode::Native })
+    } else if opts.hw_prog_id != 0 {
+        Some(XdpAttached { id: opts.hw_prog_id, mode: XdpMode::Native })
+    } else {
+        None
+    })
+}
+
+/// A program by id: its descriptor and name.
+fn prog_by_id(id: u32) -> Result<(OwnedFd, String)> {
+    // SAFETY: plain syscall wrapper; a negative return is an error.
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("opening program id {id}"));
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info is a zeroed bpf_prog_info of the size passed in len.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return Err(errno(rc)).with_context(|| format!("reading program id {id}"));
+    }
+    let name: Vec<u8> = info.name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    Ok((fd, String::from_utf8_lossy(&name).into_owned()))
+}
+
+/// The interface's XDP program if it is the datapath's `prog` (recognised
+/// by its name, as after a lost pin root nothing else is left to compare),
+/// with a descriptor to name it in a replace or detach. Someone else's
+/// program is an error naming it: an interface has one XDP hook.
+fn xdp_ours(iface: &netif::Iface, prog: &str) -> Result<Option<(XdpAttached, OwnedFd)>> {
+    let Some(cur) = xdp_query(iface)? else { return Ok(None) };
+    let (fd, name) = prog_by_id(cur.id)?;
+    if name != prog {
+        bail!(
+            "{} already has an XDP program of someone else ('{}', id {}); the {prog} program needs that hook",
+            iface.name,
+            cut(&name),
+            cur.id
+        );
+    }
+    Ok(Some((cur, fd)))
+}
+
+fn xdp_set(iface: &netif::Iface, prog_fd: i32, flags: u32, old: Option<&OwnedFd>) -> i32 {
+    let opts = libbpf_sys::bpf_xdp_attach_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_xdp_attach_opts>() as _,
+        old_prog_fd: old.map(|f| f.as_raw_fd()).unwrap_or(0),
+        ..Default::default()
+    };
+    let flags = flags | if old.is_some() { libbpf_sys::XDP_FLAGS_REPLACE } else { 0 };
+    // SAFETY: opts is a valid, sized bpf_xdp_attach_opts; the descriptors
+    // are open for the call's duration.
+    unsafe { libbpf_sys::bpf_xdp_attach(iface.index as i32, prog_fd, flags, &opts) }
+}
+
+/// Attaches (or replaces in place, in the mode it already runs in) the
+/// XDP program `prog`: in the driver where it supports XDP, generic XDP
+/// otherwise. Returns the mode and whether this call added it.
+fn xdp_attach(iface: &netif::Iface, prog: &str, prog_fd: i32) -> Result<(XdpMode, bool)> {
+    if let Some((cur, old)) = xdp_ours(iface, prog)? {
+        // XDP_FLAGS_REPLACE: swapped atomically, and only if the program
+        // is still the one we saw.
+        let rc = xdp_set(iface, prog_fd, cur.mode.attach_flag(), Some(&old));
+        if rc != 0 {
+            return Err(errno(rc))
+                .with_context(|| format!("replacing {prog} ({} XDP) on {}", cur.mode.as_str(), iface.name));
+        }
+        return Ok((cur.mode, false));
+    }
+    let noexist = libbpf_sys::XDP_FLAGS_UPDATE_IF_NOEXIST;
+    let rc = xdp_set(iface, prog_fd, noexist | XdpMode::Native.attach_flag(), None);
+    if rc == 0 {
+        return Ok((XdpMode::Native, true));
+    }
+    log::info!(
+        "{} refuses native XDP ({}); attaching {prog} as generic XDP",
+        iface.name,
+        errno(rc)
+    );
+    let rc = xdp_set(iface, prog_fd, noexist | XdpMode::Generic.attach_flag(), None);
+    if rc != 0 {
+        return Err(errno(rc)).with_context(|| format!("attaching {prog} (XDP) to {}", iface.name));
+    }
+    Ok((XdpMode::Generic, true))
+}
+
+/// Removes the datapath's XDP program `prog` from an interface; someone
+/// else's is left alone. False if ours was not there.
+fn xdp_detach(iface: &netif::Iface, prog: &str) -> Result<bool> {
+    let cur = match xdp_ours(iface, prog) {
+        Ok(Some(c)) => c,
+        Ok(None) | Err(_) => return Ok(false),
+    };
+    let (at, old) = cur;
+    let opts = libbpf_sys::bpf_xdp_attach_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_xdp_attach_opts>() as _,
+        old_prog_fd: old.as_raw_fd(),
+        ..Default::default()
+    };
+    // SAFETY: opts is a valid, sized bpf_xdp_attach_opts; old is open.
+    let rc = unsafe {
+        libbpf_sys::bpf_xdp_detach(iface.index as i32, at.mode.attach_flag() | libbpf_sys::XDP_FLAGS_REPLACE, &opts)
+    };
+    match rc {
+        0 => Ok(true),
+        // Replaced or removed by someone else meanwhile: not ours to touch.
+        rc if [nix::libc::EEXIST, nix::libc::ENOENT, nix::libc::ENODEV].contains(&-rc) => Ok(false),
+        rc => Err(errno(rc)).with_context(|| format!("detaching {prog} (XDP) from {}", iface.name)),
+    }
+}
+
+/// Echoed names are cut to 64 bytes.
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 /// `attach dnat|host <if>`: attaches (or re-attaches, idempotently) the
 /// kind's programs. On failure, removes what this call added.
 pub fn attach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &str) -> Result<netif::Iface> {
@@ -313,14 +513,30 @@ pub fn attach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &
     for slot in kind.slots() {
         fds.push(obj_get(&pins.prog(slot.prog))?);
     }
+    let xdp_fd = match xdp_prog(kind) {
+        Some(p) => Some((p, obj_get(&pins.prog(p))?)),
+        None => None,
+    };
     let _ns = NetnsGuard::enter(netns_name)?;
     let iface = netif::resolve(ifspec)?;
     let ns_id = netns::current_inode()?;
     let before = records.get(kind, ns_id, iface.index)?;
+    if let Some((p, _)) = &xdp_fd {
+        // Someone else's XDP program: refuse before changing anything.
+        xdp_ours(&iface, p)?;
+    }
 
     let created = create_clsact(&iface)?;
     let mut added: Vec<&TcSlot> = Vec::new();
+    let mut xdp_added = false;
     let result = (|| -> Result<()> {
+        let mut flags = before.as_ref().map(|r| r.flags).unwrap_or(0) & !(XDP_NATIVE | XDP_GENERIC);
+        // The guard first: by the time dnat forwards, it is in front.
+        if let Some((p, fd)) = &xdp_fd {
+            let (mode, new) = xdp_attach(&iface, p, fd.as_raw_fd())?;
+            xdp_added = new;
+            flags |= mode.record_flag();
+        }
         for (slot, fd) in kind.slots().iter().zip(&fds) {
             let present = tc_query(iface.index, slot)?.is_some();
             tc_attach(&iface, slot, fd.as_raw_fd())?;
@@ -328,7 +544,6 @@ pub fn attach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &
                 added.push(slot);
             }
         }
-        let mut flags = before.as_ref().map(|r| r.flags).unwrap_or(0);
         if created {
             flags |= QDISC_CREATED;
         }
@@ -340,6 +555,9 @@ pub fn attach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &
         }
         if created {
             let _ = destroy_clsact(iface.index);
+        }
+        if let (true, Some((p, _))) = (xdp_added, &xdp_fd) {
+            let _ = xdp_detach(&iface, p);
         }
         return Err(e);
     }
@@ -375,6 +593,10 @@ fn detach_iface(records: Option<&Records>, kind: Kind, ns_id: u64, iface: &netif
     let mut any = false;
     for slot in kind.slots() {
         any |= tc_detach(iface.index, slot)?;
+    }
+    // The guard last: it protects until dnat is gone.
+    if let Some(p) = xdp_prog(kind) {
+        any |= xdp_detach(iface, p)?;
     }
     if let Some(records) = records {
         if let Some(rec) = records.get(kind, ns_id, iface.index)? {
@@ -524,6 +746,18 @@ pub fn replace_all(dp: &Datapath<'_>, pins: &PinRoot) -> Result<usize> {
             continue;
         };
         let mut present = 0;
+        if let Some(p) = xdp_prog(kind) {
+            match xdp_ours(&iface, p) {
+                Ok(Some(_)) => {
+                    let prog = dp.program(p)?;
+                    xdp_attach(&iface, p, prog.as_fd().as_raw_fd())?;
+                    present += 1;
+                }
+                Ok(None) => {}
+                // Replaced by someone else's program since: theirs now.
+                Err(e) => log::warn!("{e:#}"),
+            }
+        }
         for slot in kind.slots() {
             if tc_query(iface.index, slot)?.is_some() {
                 let prog = dp.program(slot.prog)?;

@@ -1,8 +1,8 @@
-//! Loading the four objects, sharing and pinning their maps, and upgrading
+//! Loading the five objects, sharing and pinning their maps, and upgrading
 //! a running system in place.
 //!
-//! Every map is pinned under `<root>/maps/<name>` and handed to all four
-//! objects (each defines the same maps, from `dp_maps.h`). A pinned map is
+//! Every map is pinned under `<root>/maps/<name>` and handed to every
+//! object (each defines the same maps, from `dp_maps.h`). A pinned map is
 //! reused only if its type, key and value sizes, capacity and flags match
 //! this build; otherwise `load` refuses before anything is changed.
 
@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapHandle, OpenObject, Program};
 
-use crate::abi::{arp, dnat, snat, tproxy};
+use crate::abi::{arp, dnat, guard, snat, tproxy};
 use crate::kernel::pins::PinRoot;
 
 /// Storage for the open objects; owned by the caller, borrowed by
@@ -26,6 +26,7 @@ pub struct Objects {
     snat: MaybeUninit<OpenObject>,
     arp: MaybeUninit<OpenObject>,
     tproxy: MaybeUninit<OpenObject>,
+    guard: MaybeUninit<OpenObject>,
 }
 
 impl Default for Objects {
@@ -35,6 +36,7 @@ impl Default for Objects {
             snat: MaybeUninit::uninit(),
             arp: MaybeUninit::uninit(),
             tproxy: MaybeUninit::uninit(),
+            guard: MaybeUninit::uninit(),
         }
     }
 }
@@ -45,12 +47,13 @@ pub struct Datapath<'obj> {
     pub snat: snat::SnatSkel<'obj>,
     pub arp: arp::ArpSkel<'obj>,
     pub tproxy: tproxy::TproxySkel<'obj>,
+    pub guard: guard::GuardSkel<'obj>,
     maps: BTreeMap<String, MapHandle>,
     created: Vec<String>,
 }
 
 impl<'obj> Datapath<'obj> {
-    /// Opens and loads all four objects, reusing the maps pinned under
+    /// Opens and loads all five objects, reusing the maps pinned under
     /// `pins` where they exist. Pins nothing: see [`Datapath::pin`].
     pub fn load(objs: &'obj mut Objects, pins: &PinRoot) -> Result<Self> {
         let mut maps = BTreeMap::new();
@@ -60,7 +63,8 @@ impl<'obj> Datapath<'obj> {
         let arp = load_one(arp::ArpSkelBuilder::default(), &mut objs.arp, pins, &mut maps, &mut created)?;
         let tproxy =
             load_one(tproxy::TproxySkelBuilder::default(), &mut objs.tproxy, pins, &mut maps, &mut created)?;
-        Ok(Self { dnat, snat, arp, tproxy, maps, created })
+        let guard = load_one(guard::GuardSkelBuilder::default(), &mut objs.guard, pins, &mut maps, &mut created)?;
+        Ok(Self { dnat, snat, arp, tproxy, guard, maps, created })
     }
 
     /// A loaded program by its pinned name.
@@ -72,6 +76,7 @@ impl<'obj> Datapath<'obj> {
             "tproxy_ingress" => &self.tproxy.progs.tproxy_ingress,
             "tproxy_egress" => &self.tproxy.progs.tproxy_egress,
             "getsockopt" => &self.tproxy.progs.getsockopt,
+            "guard" => &self.guard.progs.guard,
             _ => bail!("no program named {name}"),
         })
     }

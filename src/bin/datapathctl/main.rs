@@ -507,11 +507,12 @@ fn describe_status(s: &ops::Status) -> String {
     for a in &s.attachments {
         let ns = if a.netns.is_empty() { String::new() } else { format!(" (netns {})", a.netns) };
         let kind = a.kind.map(|k| k.as_str()).unwrap_or("?");
-        out.push_str(&format!("\n  {:<10} {}{}", kind, a.target, ns));
+        let xdp = a.xdp.map(|m| format!(" (guard: {} XDP)", m.as_str())).unwrap_or_default();
+        out.push_str(&format!("\n  {:<10} {}{}{}", kind, a.target, ns, xdp));
     }
     out.push_str("\nmaps:");
     for m in &s.maps {
-        out.push_str(&format!("\n  {:<12} {:>6} / {}", m.name, m.entries, m.capacity));
+        out.push_str(&format!("\n  {:<16} {:>6} / {}", m.name, m.entries, m.capacity));
     }
     out.push_str("\nexternal addresses:");
     if s.externals.is_empty() {
