@@ -27,8 +27,15 @@ pub mod name {
     pub const META: &str = "meta";
     pub const SLOT_NEXT: &str = "slot_next";
     pub const ATTACHMENTS: &str = "attachments";
+    pub const GUARD_CFG: &str = "guard_cfg";
+    pub const GUARD_LIMITS: &str = "guard_limits";
+    pub const GUARD_DENY4: &str = "guard_deny4";
+    pub const GUARD_DENY6: &str = "guard_deny6";
+    pub const GUARD_SRC4: &str = "guard_src4";
+    pub const GUARD_VSRC4: &str = "guard_vsrc4";
+    pub const GUARD_VERIFIED4: &str = "guard_verified4";
     /// Every map of a pin root.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 22] = [
         DNAT4,
         FLOWS4,
         HOST_FLOWS4,
@@ -44,6 +51,13 @@ pub mod name {
         META,
         SLOT_NEXT,
         ATTACHMENTS,
+        GUARD_CFG,
+        GUARD_LIMITS,
+        GUARD_DENY4,
+        GUARD_DENY6,
+        GUARD_SRC4,
+        GUARD_VSRC4,
+        GUARD_VERIFIED4,
     ];
 }
 
@@ -54,6 +68,8 @@ use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
 
 use crate::abi::{bytes_of, from_bytes, types, Proto};
 use crate::kernel::pins::PinRoot;
+
+pub mod guard;
 
 /// Opens a pinned map by name, with the error a user needs.
 pub fn open(pins: &PinRoot, name: &str) -> Result<MapHandle> {
@@ -112,7 +128,7 @@ pub fn count(map: &MapHandle) -> usize {
 pub enum Change {
     Added,
     /// An existing entry was changed (an external address became default
-    /// or stopped being one).
+    /// or stopped being one, a deny entry got a new expiry).
     Updated,
     Unchanged,
     Deleted,

@@ -17,6 +17,8 @@ use crate::net::netif;
 use crate::net::netns::NetnsGuard;
 use crate::kernel::pins::PinRoot;
 
+pub mod guard;
+
 /// Proxy ports given to `load`; unset ones keep their current value.
 #[derive(Default, Clone, Copy, Debug)]
 pub struct LoadOptions {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use datapath::kernel::attach::Kind;
 use datapath::abi::Proto;
 use datapath::ops::{self, DnatAdd, LoadOptions};
+use datapath::maps::guard::{Cidr, LimitChange};
 use datapath::maps::{Change, Ext};
 use datapath::net::netif;
 use datapath::kernel::pins::{PinRoot, DEFAULT_PIN_ROOT};
@@ -71,6 +72,85 @@ enum Cmd {
     Status,
     /// Packet counters per program and reason.
     Stats,
+    /// Protect the published ports: deny lists and per-source limits (XDP).
+    Guard {
+        #[command(subcommand)]
+        what: GuardCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GuardCmd {
+    /// Source prefixes whose every packet is dropped.
+    Deny {
+        #[command(subcommand)]
+        op: DenyCmd,
+    },
+    /// Per-source limits on new TCP connections and UDP towards published ports.
+    Limit {
+        #[command(subcommand)]
+        op: LimitCmd,
+    },
+    /// Sources blocked now for going over a limit.
+    ListBlocked,
+}
+
+#[derive(Subcommand, Debug)]
+enum DenyCmd {
+    /// Deny a source prefix (IPv4 or IPv6), for good or for a time.
+    Add {
+        /// ADDRESS/PREFIX-LENGTH, or one address.
+        #[arg(value_parser = parse_cidr)]
+        cidr: Cidr,
+        /// Deny for this many seconds only.
+        #[arg(long = "for", value_name = "SECONDS", value_parser = parse_seconds)]
+        for_secs: Option<u64>,
+    },
+    /// Remove a deny entry (exactly this prefix).
+    Del {
+        /// ADDRESS/PREFIX-LENGTH, or one address.
+        #[arg(value_parser = parse_cidr)]
+        cidr: Cidr,
+    },
+    /// List the deny entries in force.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum LimitCmd {
+    /// Set limits, for every published port or for one; unset values stay as they are.
+    Set {
+        /// New TCP connections (SYN) per second and source; 0 removes the limit.
+        #[arg(long, value_name = "N", value_parser = parse_count)]
+        syn_rate: Option<u32>,
+        /// SYNs a source may send at once (default: the rate).
+        #[arg(long, value_name = "N", value_parser = parse_count)]
+        syn_burst: Option<u32>,
+        /// UDP packets per second and source towards a published port; 0 removes the limit.
+        #[arg(long, value_name = "N", value_parser = parse_count)]
+        udp_rate: Option<u32>,
+        /// UDP packets a source may send at once (default: the rate).
+        #[arg(long, value_name = "N", value_parser = parse_count)]
+        udp_burst: Option<u32>,
+        /// Block a source that goes over a limit for this many seconds (0: never).
+        #[arg(long, value_name = "SECONDS", value_parser = parse_count64)]
+        block_for: Option<u64>,
+        /// The published host port these limits are for (default: every port).
+        #[arg(long, value_name = "P", value_parser = parse_port)]
+        port: Option<u16>,
+    },
+    /// Show the limits (all scopes, or one port's own).
+    Get {
+        /// A published host port.
+        #[arg(long, value_name = "P", value_parser = parse_port)]
+        port: Option<u16>,
+    },
+    /// Remove the global limits, or one port's own.
+    Clear {
+        /// A published host port.
+        #[arg(long, value_name = "P", value_parser = parse_port)]
+        port: Option<u16>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -235,6 +315,53 @@ fn parse_port(s: &str) -> Result<u16, String> {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
         _ => Err(format!("invalid port '{s}': expected 1-65535")),
     }
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse::<Cidr>().map_err(|e| e.to_string())
+}
+
+fn parse_count64(s: &str) -> Result<u64, String> {
+    if s.is_empty() || s.len() > 12 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("invalid number '{}': expected a whole number", cut(s)));
+    }
+    s.parse::<u64>().map_err(|_| format!("invalid number '{}'", cut(s)))
+}
+
+fn parse_count(s: &str) -> Result<u32, String> {
+    let n = parse_count64(s)?;
+    u32::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
+fn parse_seconds(s: &str) -> Result<u64, String> {
+    match parse_count64(s)? {
+        0 => Err("0 seconds: expected at least 1".to_string()),
+        n => Ok(n),
+    }
+}
+
+/// Input echoed in an error is cut to 64 bytes.
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < s.len() {
+        format!("{}...", &s[..end])
+    } else {
+        s.to_string()
+    }
+}
+
+/// Cuts every quoted value in an error line (clap quotes what it echoes).
+fn cut_quoted(line: &str) -> String {
+    let parts: Vec<&str> = line.split('\'').collect();
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| if i % 2 == 1 && i + 1 < parts.len() { cut(p) } else { p.to_string() })
+        .collect::<Vec<_>>()
+        .join("'")
 }
 
 fn parse_ipv4(s: &str) -> Result<Ipv4Addr, String> {
@@ -417,11 +544,74 @@ fn run(cli: Cli) -> Result<()> {
                 }),
             },
         },
+        Cmd::Guard { what } => guard(&pins, json, what),
         Cmd::Status => print(json, &ops::status(&pins)?, describe_status),
         Cmd::Stats => print(json, &ops::stats(&pins)?, |l| {
             let mut s = format!("{:<16} {:<20} {:>14} {:>16}", "PROGRAM", "REASON", "PACKETS", "BYTES");
             for c in l {
                 s.push_str(&format!("\n{:<16} {:<20} {:>14} {:>16}", c.program, c.reason, c.packets, c.bytes));
+            }
+            s
+        }),
+    }
+}
+
+fn guard(pins: &PinRoot, json: bool, what: GuardCmd) -> Result<()> {
+    use ops::guard as g;
+    match what {
+        GuardCmd::Deny { op } => match op {
+            DenyCmd::Add { cidr, for_secs } => change(json, g::deny_add(pins, &cidr, for_secs)?),
+            DenyCmd::Del { cidr } => change(json, g::deny_del(pins, &cidr)?),
+            DenyCmd::List => print(json, &g::deny_list(pins)?, |l| {
+                let mut s = format!("{:<44} {}", "SOURCE", "EXPIRES");
+                for e in l {
+                    let exp = e.expires_in.map(|x| format!("in {x} s")).unwrap_or_else(|| "never".into());
+                    s.push_str(&format!("\n{:<44} {exp}", e.cidr.to_string()));
+                }
+                s
+            }),
+        },
+        GuardCmd::Limit { op } => match op {
+            LimitCmd::Set { syn_rate, syn_burst, udp_rate, udp_burst, block_for, port } => {
+                let ch = LimitChange { syn_rate, syn_burst, udp_rate, udp_burst, block_for };
+                let l = g::limit_set(pins, port, &ch)?;
+                if json {
+                    println!("{}", serde_json::json!({ "result": "ok", "limit": l }));
+                }
+                Ok(())
+            }
+            LimitCmd::Get { port } => print(json, &g::limit_get(pins, port)?, |l| {
+                if l.is_empty() {
+                    return match port {
+                        Some(p) => format!("port {p} has no limits of its own"),
+                        None => "no limits".to_string(),
+                    };
+                }
+                let rate = |r: &Option<datapath::maps::guard::Rate>| {
+                    r.map(|r| format!("{}/s burst {}", r.rate, r.burst)).unwrap_or_else(|| "-".into())
+                };
+                let mut s = format!("{:<8} {:<24} {:<24} {}", "PORT", "SYN", "UDP", "BLOCK-FOR");
+                for x in l {
+                    let scope = x.port.map(|p| p.to_string()).unwrap_or_else(|| "all".into());
+                    let block = x.block_for.map(|b| format!("{b} s")).unwrap_or_else(|| "-".into());
+                    s.push_str(&format!("\n{:<8} {:<24} {:<24} {block}", scope, rate(&x.syn), rate(&x.udp)));
+                }
+                s
+            }),
+            LimitCmd::Clear { port } => change(json, g::limit_clear(pins, port)?),
+        },
+        GuardCmd::ListBlocked => print(json, &g::list_blocked(pins)?, |l| {
+            let mut s = format!("{:<40} {:<6} {:<5} {:>10} {}", "SOURCE", "PORT", "FOR", "REMAINING", "VERIFIED");
+            for b in l {
+                let port = b.port.map(|p| p.to_string()).unwrap_or_else(|| "all".into());
+                s.push_str(&format!(
+                    "\n{:<40} {:<6} {:<5} {:>8} s {}",
+                    b.addr.to_string(),
+                    port,
+                    b.class,
+                    b.remaining,
+                    if b.verified { "yes" } else { "no" }
+                ));
             }
             s
         }),
@@ -550,7 +740,7 @@ fn main() -> ExitCode {
                 .map(str::trim)
                 .collect();
             let line = if para.is_empty() { "invalid arguments".to_string() } else { para.join(" ") };
-            eprintln!("datapathctl: {}", line.trim_start_matches("error: "));
+            eprintln!("datapathctl: {}", cut_quoted(line.trim_start_matches("error: ")));
             return ExitCode::from(2);
         }
     };
