@@ -427,6 +427,19 @@ fn verified_sources_come_from_snat_only() {
     assert!(verified, "a verified player's buckets live in guard_vsrc4");
     let (_, verified) = e.g.state(ip("203.0.113.50"), 0).unwrap().expect("state of the other");
     assert!(!verified, "an unverified source's buckets live in guard_src4");
+
+    // A source blocked before it completes a handshake stays blocked: its
+    // state moves to guard_vsrc4 as it is, it does not start afresh.
+    let bot = "203.0.113.70";
+    e.limits(None, LimitChange { syn_rate: Some(1), syn_burst: Some(1), block_for: Some(30), ..Default::default() });
+    e.pass("bot syn", &syn(bot, 30001), "guard/admitted");
+    e.drop("bot over its limit", &syn(bot, 30001), "guard/syn_limited");
+    reply(bot, 0x10);
+    assert!(e.g.is_verified(ip(bot)).unwrap());
+    e.drop("verified since, still blocked", &syn(bot, 30001), "guard/blocked");
+    let (st, verified) = e.g.state(ip(bot), 0).unwrap().expect("bot state");
+    assert!(verified && st.blocked_until == T0 + 30 * SEC, "moved as it was: {st:?}");
+    assert_eq!(e.g.source_counts().verified_state, 2);
 }
 
 /// A spoofed SYN flood from four times as many sources as guard_src4

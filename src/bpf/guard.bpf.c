@@ -28,8 +28,6 @@
  * command, so more than one is rare. */
 #define GUARD_DENY_DEPTH	8
 
-/* errno of an update that lost a race to insert the same key. */
-#define GUARD_EEXIST	17
 
 static __always_inline int guard_verdict(__u32 len, enum dp_stat stat,
 					 int action)
@@ -95,8 +93,41 @@ static __always_inline bool guard_take(__u64 *tat, __u64 now, __u32 interval,
 	return true;
 }
 
-/* A SYN or UDP datagram towards host port `port` that a limit applies to:
- * take a token from the source's bucket, or drop it. */
+/* The state of a source in a scope, made if missing. A new state is all
+ * zero: tat 0 is a full bucket, blocked_until 0 is no block. A source that
+ * snat has verified since its state was made has that state moved over to
+ * guard_vsrc4, so verification neither refills its buckets nor lifts its
+ * block. An insert that loses a race (EEXIST) finds the winner's state by
+ * the lookup after it. */
+static __always_inline struct guard_state *
+guard_state4(const struct guard_src4_key *key, bool verified)
+{
+	struct guard_state init, *st;
+
+	__builtin_memset(&init, 0, sizeof(init));
+	if (!verified) {
+		st = bpf_map_lookup_elem(&guard_src4, key);
+		if (st)
+			return st;
+		/* A full map evicts its least recently used entry. */
+		bpf_map_update_elem(&guard_src4, key, &init, BPF_NOEXIST);
+		return bpf_map_lookup_elem(&guard_src4, key);
+	}
+	st = bpf_map_lookup_elem(&guard_vsrc4, key);
+	if (st)
+		return st;
+	st = bpf_map_lookup_elem(&guard_src4, key);
+	if (st)
+		init = *st;
+	init.flags = DP_GUARD_F_VERIFIED;
+	bpf_map_update_elem(&guard_vsrc4, key, &init, BPF_NOEXIST);
+	if (st)
+		bpf_map_delete_elem(&guard_src4, key);
+	return bpf_map_lookup_elem(&guard_vsrc4, key);
+}
+
+/* A SYN or UDP datagram towards a published port that a limit applies
+ * to: take a token from the source's bucket, or drop it. */
 static __always_inline int guard_limit4(__be32 saddr, __be16 scope,
 					int class, __u32 interval,
 					__u32 burst, __u32 block_for,
@@ -105,45 +136,25 @@ static __always_inline int guard_limit4(__be32 saddr, __be16 scope,
 	struct guard_src4_key key = { .addr = saddr, .port = scope, .pad = 0 };
 	enum dp_stat over = class == DP_GUARD_SYN ? DP_STAT_GUARD_SYN_LIMITED :
 						    DP_STAT_GUARD_UDP_LIMITED;
-	struct guard_state *st, fresh;
-	__u64 now = dp_guard_now(cfg);
+	struct guard_state *st;
 	bool verified;
-	__u64 *tat;
-	long err;
+	__u64 now;
 
 	verified = bpf_map_lookup_elem(&guard_verified4, &saddr) != NULL;
-	if (verified)
-		st = bpf_map_lookup_elem(&guard_vsrc4, &key);
-	else
-		st = bpf_map_lookup_elem(&guard_src4, &key);
+	st = guard_state4(&key, verified);
+	if (!st)
+		/* Fail open: a player is never refused for want of state. */
+		return guard_verdict(len, DP_STAT_GUARD_STATE_ERROR, XDP_PASS);
 
-	if (!st) {
-		/* A source seen for the first time has a full bucket. */
-		__builtin_memset(&fresh, 0, sizeof(fresh));
-		fresh.flags = verified ? DP_GUARD_F_VERIFIED : 0;
-		tat = class == DP_GUARD_SYN ? &fresh.syn_tat : &fresh.udp_tat;
-		if (!guard_take(tat, now, interval, burst))
-			return guard_verdict(len, over, XDP_DROP);
-		/* A full map evicts its least recently used entry. A racing
-		 * insert for the same source (EEXIST) already counted. */
-		if (verified)
-			err = bpf_map_update_elem(&guard_vsrc4, &key, &fresh,
-						  BPF_NOEXIST);
-		else
-			err = bpf_map_update_elem(&guard_src4, &key, &fresh,
-						  BPF_NOEXIST);
-		if (err && err != -GUARD_EEXIST)
-			return guard_verdict(len, DP_STAT_GUARD_STATE_ERROR,
-					     XDP_PASS);
-		return guard_verdict(len, DP_STAT_GUARD_ADMITTED, XDP_PASS);
-	}
-
+	now = dp_guard_now(cfg);
 	if (st->blocked_until && now < st->blocked_until)
 		return guard_verdict(len, DP_STAT_GUARD_BLOCKED, XDP_DROP);
-	/* Two CPUs may update one source at once; the race can only let a
-	 * packet or two more through, so no atomics on this path. */
-	tat = class == DP_GUARD_SYN ? &st->syn_tat : &st->udp_tat;
-	if (guard_take(tat, now, interval, burst))
+	/* Packets of one interface's receive queue are handled one at a
+	 * time; only a multi-queue NIC can update one source from two CPUs
+	 * at once, and that race lets a packet or two more through at most,
+	 * so there are no atomics on this path. */
+	if (guard_take(class == DP_GUARD_SYN ? &st->syn_tat : &st->udp_tat,
+		       now, interval, burst))
 		return guard_verdict(len, DP_STAT_GUARD_ADMITTED, XDP_PASS);
 	if (block_for) {
 		st->blocked_until = now + block_for * NS_PER_SEC;
