@@ -78,7 +78,9 @@ fn command_line_on_real_interfaces() {
     let r = ctl.json(&["load"]);
     assert_eq!(r["maps_created"].as_array().unwrap().len(), datapath::maps::name::ALL.len(), "{r}");
     ctl.ok(&["-n", n, "attach", "dnat", "dpext"]);
+    let xdp_id = xdp_prog(&ns, "dpext").expect("attach dnat puts the guard on XDP");
     ctl.ok(&["-n", n, "attach", "dnat", "dpext"]); // attaching what is attached
+    assert_eq!(xdp_prog(&ns, "dpext"), Some(xdp_id), "attaching again changes nothing");
     ctl.ok(&["-n", n, "attach", "host", "dpv0"]);
     ctl.ok(&["-n", n, "map", "snat", "set", "198.51.100.1", "dpext"]);
     ctl.ok(&["-n", n, "map", "veth", "add", "dpv0", "10.0.0.2"]);
@@ -139,7 +141,7 @@ fn command_line_on_real_interfaces() {
 
     let st = ctl.json(&["status"]);
     assert_eq!(st["loaded"], true);
-    assert_eq!(st["programs"].as_array().unwrap().len(), 6);
+    assert_eq!(st["programs"].as_array().unwrap().len(), 7);
     let att = st["attachments"].as_array().unwrap();
     assert_eq!(att.len(), 2, "{st}");
     let fill = |name: &str| {
@@ -154,10 +156,15 @@ fn command_line_on_real_interfaces() {
     let text = ctl.ok(&["status"]);
     assert!(text.contains("attached:"), "{text}");
     assert!(text.contains("external addresses:\n  198.51.100.1 on dpext"), "{text}");
+    let dnat = att.iter().find(|a| a["kind"] == "dnat").unwrap();
+    assert_eq!(dnat["xdp"], "native", "a veth runs the guard in native XDP: {st}");
+    assert!(text.contains("(guard: native XDP)"), "{text}");
 
     // Reload in place: same handle and priority, entries kept.
     ctl.ok(&["load"]);
     assert!(tc_show(&ns, "filter show dev dpv0 ingress").contains("handle 0xd47a arp"));
+    let new_id = xdp_prog(&ns, "dpext").expect("the guard is still attached after load");
+    assert_ne!(new_id, xdp_id, "load replaced the guard in place");
     assert_eq!(ctl.json(&["map", "dnat", "list"]), want);
 
     ctl.ok(&["map", "dnat", "del", "30002", "--proto", "udp"]);
@@ -173,7 +180,71 @@ fn command_line_on_real_interfaces() {
     assert!(!std::path::Path::new(&ctl.root).exists(), "unload removes the pin root");
     assert!(!tc_show(&ns, "qdisc show dev dpext").contains("clsact"), "unload removes our clsact qdisc");
     assert!(!tc_show(&ns, "filter show dev dpext ingress").contains("dnat"));
+    assert_eq!(xdp_prog(&ns, "dpext"), None, "unload removes the guard");
     ctl.ok(&["unload"]); // unloading what is not loaded
+}
+
+/// The id of the XDP program named `guard` on an interface, per `ip -d`.
+fn xdp_prog(ns: &TestNs, dev: &str) -> Option<u64> {
+    let out = std::process::Command::new("ip").args(["-n", &ns.name, "-j", "-d", "link", "show", "dev", dev]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let xdp = &v[0]["xdp"];
+    let prog = if xdp["prog"].is_object() { &xdp["prog"] } else { &xdp["attached"][0]["prog"] };
+    (prog["name"] == "guard").then(|| prog["id"].as_u64()).flatten()
+}
+
+/// An XDP program of someone else's (named "foreign"), loaded from two
+/// instructions: r0 = XDP_PASS; exit.
+fn foreign_xdp() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let insns = [
+        libbpf_sys::bpf_insn { code: 0xb7, _bitfield_1: libbpf_sys::bpf_insn::new_bitfield_1(0, 0), off: 0, imm: 2, ..Default::default() },
+        libbpf_sys::bpf_insn { code: 0x95, ..Default::default() },
+    ];
+    let name = std::ffi::CString::new("foreign").unwrap();
+    let lic = std::ffi::CString::new("GPL").unwrap();
+    // SAFETY: the instructions, name and license outlive the call.
+    let fd = unsafe {
+        libbpf_sys::bpf_prog_load(libbpf_sys::BPF_PROG_TYPE_XDP, name.as_ptr(), lic.as_ptr(), insns.as_ptr(), 2, std::ptr::null_mut())
+    };
+    assert!(fd >= 0, "loading a foreign XDP program: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor owned by nobody else.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+#[test]
+fn a_foreign_xdp_program_is_refused_and_left_in_place() {
+    if !privileged("a_foreign_xdp_program_is_refused_and_left_in_place") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let ctl = Ctl { root: format!("/sys/fs/bpf/{}", unique("dpt")) };
+    let _unload = Unload(&ctl);
+    let ns = TestNs::new();
+    ns.ip("link add dpext type veth peer name dpextp");
+    let prog = foreign_xdp();
+    {
+        let _g = datapath::net::netns::NetnsGuard::enter(Some(&ns.name)).unwrap();
+        let idx = datapath::net::netif::index_of("dpext").unwrap();
+        // SAFETY: valid descriptor; NULL opts are allowed.
+        let rc = unsafe { libbpf_sys::bpf_xdp_attach(idx as i32, prog.as_raw_fd(), libbpf_sys::XDP_FLAGS_SKB_MODE, std::ptr::null()) };
+        assert_eq!(rc, 0, "attaching the foreign program");
+    }
+    let foreign = || {
+        let out = std::process::Command::new("ip").args(["-n", &ns.name, "-d", "link", "show", "dev", "dpext"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("name foreign")
+    };
+    assert!(foreign());
+    ctl.ok(&["load"]);
+    let o = common::run_ctl(std::process::Command::new(env!("CARGO_BIN_EXE_datapathctl")), std::path::Path::new(&ctl.root), Some(&ns.name), &["attach", "dnat", "dpext"]);
+    common::assert_one_line_failure("attach dnat over a foreign XDP program", &o);
+    assert!(o.stderr.contains("foreign") && o.stderr.contains("someone else"), "{}", o.stderr);
+    assert!(foreign(), "the foreign program is still there");
+    assert!(!tc_show(&ns, "filter show dev dpext ingress").contains("dnat"), "nothing was attached");
+    assert_eq!(ctl.json(&["status"])["attachments"], serde_json::json!([]), "nothing was recorded");
+    ctl.ok(&["-n", &ns.name, "detach", "dnat", "dpext"]);
+    ctl.ok(&["unload"]);
+    assert!(foreign(), "detach and unload leave someone else's XDP program alone");
 }
 
 #[test]
