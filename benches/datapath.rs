@@ -6,11 +6,16 @@
 //!    connection, new connections per second and iperf3 throughput, player
 //!    -> published port -> container, for this datapath, iptables DNAT +
 //!    MASQUERADE, and a direct veth (the floor);
-//! 3. control plane: whole-process time of `datapathctl` commands.
+//! 3. the guard: its ns/packet on each path next to the dnat hit it runs
+//!    before, the per-source state a spoofed flood leaves to verified and
+//!    unverified bots, and the CPU the host spends on a bot SYN flood with
+//!    the guard's limit, with no limit, and with the same policy as an
+//!    iptables hashlimit rule and an nftables meter;
+//! 4. control plane: whole-process time of `datapathctl` commands.
 //!
 //! `--short` runs everything briefly (CI keeps it working); `--write`
 //! replaces the generated part of BENCHMARKS.md. Sections can be chosen
-//! with `--only prog|e2e|ctl`.
+//! with `--only prog|e2e|guard|ctl`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -63,6 +68,9 @@ fn main() {
     }
     if want("e2e") {
         md.push_str(&e2e_bench(&opts));
+    }
+    if want("guard") {
+        md.push_str(&guard_bench(&opts));
     }
     if want("ctl") {
         md.push_str(&ctl_bench(&opts));
@@ -670,7 +678,296 @@ fn e2e_bench(opts: &Opts) -> String {
 }
 
 // ---------------------------------------------------------------------
-// 3. Control plane
+// 3. The guard
+
+/// ns/packet of an XDP program on a frame, as `measure` does for TC
+/// (median of runs of `repeat`), checking the verdict and that the frame
+/// comes out untouched.
+fn measure_xdp(fd: &std::os::fd::OwnedFd, frame: &[u8], verdict: i32, opts: &Opts, what: &str) -> f64 {
+    let out = xdp_run(fd, frame, 1);
+    assert_eq!((out.verdict, out.data.as_slice()), (verdict, frame), "{what}: verdict or frame");
+    let (runs, repeat) = if opts.short { (3, 20_000) } else { (5, 1_000_000) };
+    xdp_run(fd, frame, repeat / 10);
+    let ns = median((0..runs).map(|_| f64::from(xdp_run(fd, frame, repeat).duration_ns)).collect());
+    assert_eq!(xdp_run(fd, frame, 1).verdict, verdict, "{what}: verdict after the runs");
+    ns
+}
+
+/// One run per call over `frames` (each run sees a different frame):
+/// the kernel's per-run time, averaged.
+fn measure_xdp_each(fd: &std::os::fd::OwnedFd, frames: &[Vec<u8>]) -> f64 {
+    let total: u64 = frames.iter().map(|f| u64::from(xdp_run(fd, f, 1).duration_ns)).sum();
+    total as f64 / frames.len() as f64
+}
+
+fn syn_to(src: Ipv4Addr, dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut p = Pkt::tcp((src, 40000), dst).macs(PEER, CTR0);
+    p.tcp_flags = 0x02;
+    p.build()
+}
+
+fn guard_per_packet(opts: &Opts) -> String {
+    use datapath::maps::guard::{Cidr, LimitChange};
+    use datapath::ops::guard as g;
+    let env = prog_env();
+    let _in_ns = NetnsGuard::enter(Some(&env.ns.name)).unwrap();
+    let n = Some(env.ns.name.as_str());
+    let ctr = ip("10.0.0.2");
+    // UDP 25566 and TCP 25567 published for the limited paths.
+    for (port, proto) in [(25566, Proto::Udp), (25567, Proto::Tcp)] {
+        let a = DnatAdd { ext: Ext::Default, host_port: port, ctr_ip: ctr, veth: "dpv0".into(), ctr_mac: CTR0, proto, to_port: port };
+        ops::dnat_add(&env.root.pins, n, &a).unwrap();
+    }
+    let guard = prog_fd(&env.root, "guard");
+    let dnat = prog_fd(&env.root, "dnat");
+    let player = PLAYER;
+    // The player's segment of the dnat hit row, through the guard first.
+    let hit = paths(&env).swap_remove(0);
+    assert_eq!(hit.name, "dnat hit");
+    let seg = hit.frame.clone();
+    let dnat_hit = measure_fd(&dnat, &hit, opts);
+    let _ = dnat;
+    let bare = measure_xdp(&guard, &seg, XDP_PASS, opts, "guard, no deny entries or limits");
+
+    // A realistic policy: 1,000 IPv4 and 1,000 IPv6 deny prefixes, global
+    // limits, and for the admitted paths limits so high they never bite
+    // during the repeats (each repeat takes a token).
+    for i in 0..1000u32 {
+        let a = Ipv4Addr::from(0xc612_0000u32 + (i << 8)); // 198.18.0.0/15 in /24s
+        g::deny_add(&env.root.pins, &Cidr::new(a.into(), 24).unwrap(), None).unwrap();
+        let b: std::net::Ipv6Addr = format!("2001:db8:{:x}::", i).parse().unwrap();
+        g::deny_add(&env.root.pins, &Cidr::new(b.into(), 48).unwrap(), None).unwrap();
+    }
+    g::limit_set(&env.root.pins, None, &LimitChange { syn_rate: Some(20), udp_rate: Some(200), block_for: Some(60), ..Default::default() }).unwrap();
+    let huge = LimitChange { syn_rate: Some(100_000_000), syn_burst: Some(10_000_000), udp_rate: Some(100_000_000), udp_burst: Some(10_000_000), ..Default::default() };
+    g::limit_set(&env.root.pins, Some(25566), &huge).unwrap();
+    g::limit_set(&env.root.pins, Some(25567), &huge).unwrap();
+    let with_policy = measure_xdp(&guard, &seg, XDP_PASS, opts, "guard, established segment");
+    let udp = Pkt::udp((player, 40001), (ctr, 25566)).macs(PEER, CTR0).build();
+    let udp_ns = measure_xdp(&guard, &udp, XDP_PASS, opts, "guard, udp admitted");
+    let syn_ns = measure_xdp(&guard, &syn_to(player, (ctr, 25567)), XDP_PASS, opts, "guard, syn admitted");
+    let denied = syn_to(ip("198.18.7.9"), (ctr, 25565));
+    let denied_ns = measure_xdp(&guard, &denied, XDP_DROP, opts, "guard, denied");
+    let bot = syn_to(ip("203.0.113.66"), (ctr, 25565));
+    for _ in 0..30 {
+        xdp_run(&guard, &bot, 1);
+    }
+    let blocked_ns = measure_xdp(&guard, &bot, XDP_DROP, opts, "guard, blocked");
+    let count = if opts.short { 2_000 } else { 100_000 };
+    let forged: Vec<Vec<u8>> =
+        (0..count).map(|i| syn_to(Ipv4Addr::from(0x6440_0000u32 + i as u32), (ctr, 25565))).collect();
+    let new_src = measure_xdp_each(&guard, &forged);
+    let non_ip = arp(1, CTR0, ctr, [0; 6], ip("10.0.0.1"), [0xff; 6]);
+    let floor = measure_xdp_each(&guard, &vec![non_ip; count]);
+
+    let (runs, repeat) = if opts.short { (3, 20_000) } else { (5, 1_000_000) };
+    let mut s = format!(
+        "### Guard\n\nPer packet: BPF_PROG_TEST_RUN of the XDP program, median of {runs} runs of {repeat} repeats          (the guard never changes a frame, so every frame is a fixed point); the policy rows have 1,000 IPv4 and 1,000 IPv6          deny prefixes and global limits in place. The dnat hit is measured in the same run on the same player's segment.\n\n         | path | ns/packet | note |\n|---|---:|---|\n"
+    );
+    s.push_str(&format!("| dnat hit (TC, for comparison) | {dnat_hit:.1} | |\n"));
+    s.push_str(&format!("| guard: player's segment, no policy | {bare:.1} | passed |\n"));
+    s.push_str(&format!(
+        "| guard: player's segment, with the policy | {with_policy:.1} | **{:.1} ns added to the dnat hit path ({:.0}% of it)** |\n",
+        with_policy,
+        with_policy / dnat_hit * 100.0
+    ));
+    s.push_str(&format!("| guard: UDP datagram taking a token | {udp_ns:.1} | admitted |\n"));
+    s.push_str(&format!("| guard: SYN taking a token | {syn_ns:.1} | admitted |\n"));
+    s.push_str(&format!("| guard: denied source | {denied_ns:.1} | dropped: {:.1} M packets/s per core |\n", 1e3 / denied_ns));
+    s.push_str(&format!("| guard: blocked source | {blocked_ns:.1} | dropped: {:.1} M packets/s per core |\n", 1e3 / blocked_ns));
+    s.push_str(&format!(
+        "| guard: SYN from a new forged source (one run per call) | {new_src:.1} | makes its state; {count} sources |\n"
+    ));
+    s.push_str(&format!("| timer floor: guard passes an ARP frame (one run per call) | {floor:.1} | what one run per call adds |\n\n"));
+    eprint!("{s}");
+    s
+}
+
+/// Verified and unverified bots blocked, then a flood of forged sources
+/// four times the size of guard_src4: how many of each are still blocked.
+fn guard_eviction(per_source: u32) -> (usize, usize, usize) {
+    use datapath::maps::guard::LimitChange;
+    let env = prog_env();
+    let _in_ns = NetnsGuard::enter(Some(&env.ns.name)).unwrap();
+    let guard = prog_fd(&env.root, "guard");
+    let snat = prog_fd(&env.root, "snat");
+    let ctr = ip("10.0.0.2");
+    datapath::ops::guard::limit_set(&env.root.pins, None, &LimitChange { syn_rate: Some(1), syn_burst: Some(1), block_for: Some(3600), ..Default::default() }).unwrap();
+    const BOTS: u32 = 200;
+    let bot = |v: bool, i: u32| Ipv4Addr::new(100, if v { 64 } else { 65 }, (i >> 8) as u8, i as u8);
+    let dnat = prog_fd(&env.root, "dnat");
+    for i in 0..BOTS {
+        // The bot's connection through dnat, the container's ACK back.
+        assert_eq!(test_run(&dnat, &syn_to(bot(true, i), (ctr, 25565)), 0, 1).verdict, TC_ACT_REDIRECT);
+        let r = Pkt::tcp((ctr, 25565), (bot(true, i), 40000)).macs(CTR0, env.v0.1).build();
+        assert_eq!(test_run(&snat, &r, env.v0.0, 1).verdict, TC_ACT_REDIRECT);
+    }
+    for v in [true, false] {
+        for i in 0..BOTS {
+            let f = syn_to(bot(v, i), (ctr, 25565));
+            xdp_run(&guard, &f, 1);
+            xdp_run(&guard, &f, 1);
+        }
+    }
+    let n = 4 * datapath::abi::capacity::GUARD_SOURCES;
+    let mut f = syn_to(ip("100.128.0.0"), (ctr, 25565));
+    for i in 0..n {
+        f[26..30].copy_from_slice(&(0x6480_0000u32 + i).to_be_bytes());
+        for _ in 0..per_source {
+            xdp_run(&guard, &f, 1);
+        }
+    }
+    let blocked = |v: bool| (0..BOTS).filter(|&i| xdp_run(&guard, &syn_to(bot(v, i), (ctr, 25565)), 1).verdict == XDP_DROP).count();
+    (blocked(true), blocked(false), BOTS as usize)
+}
+
+/// Busy CPU of the whole machine, in jiffies, from /proc/stat.
+fn cpu_busy() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let f: Vec<u64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7];
+    (busy, busy + f[3] + f[4])
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Policy {
+    None,
+    Guard,
+    Hashlimit,
+    Meter,
+}
+
+impl Policy {
+    fn name(self) -> &'static str {
+        match self {
+            Policy::None => "no limit (guard attached, passes everything)",
+            Policy::Guard => "guard: --syn-rate 10 --syn-burst 10 (XDP)",
+            Policy::Hashlimit => "iptables hashlimit, same policy (raw PREROUTING)",
+            Policy::Meter => "nftables meter, same policy (prerouting, priority raw)",
+        }
+    }
+}
+
+fn set_policy(t: &Topo, p: Policy, on: bool) {
+    let root = t.root.as_deref().unwrap();
+    match (p, on) {
+        (Policy::None, _) => {}
+        (Policy::Guard, true) => ctl(root, &["guard", "limit", "set", "--syn-rate", "10", "--syn-burst", "10"]),
+        (Policy::Guard, false) => ctl(root, &["guard", "limit", "clear"]),
+        // Published packets meet netfilter first in the container's
+        // namespace (dnat hands them straight to it): the rules go there,
+        // in tables of their own.
+        (Policy::Hashlimit, true) => nsexec(&t.ctr, "iptables -t raw -A PREROUTING -p tcp --syn --dport 25565 -m hashlimit --hashlimit-above 10/sec --hashlimit-burst 10 --hashlimit-mode srcip --hashlimit-name dpbench -j DROP"),
+        (Policy::Hashlimit, false) => nsexec(&t.ctr, "iptables -t raw -D PREROUTING -p tcp --syn --dport 25565 -m hashlimit --hashlimit-above 10/sec --hashlimit-burst 10 --hashlimit-mode srcip --hashlimit-name dpbench -j DROP"),
+        (Policy::Meter, true) => nsexec(&t.ctr, "nft 'add table ip dpbench; add chain ip dpbench pre { type filter hook prerouting priority raw; policy accept; }; add rule ip dpbench pre tcp dport 25565 tcp flags & (syn | ack) == syn meter dpsyn size 65536 { ip saddr limit rate over 10/second burst 10 packets } drop'"),
+        (Policy::Meter, false) => nsexec(&t.ctr, "nft delete table ip dpbench"),
+    }
+}
+
+/// A bot SYN flood at a fixed rate from 1,024 sources against one
+/// published port, under each policy: machine CPU busy while it runs.
+fn guard_flood(opts: &Opts) -> String {
+    use common::flood::{Flood, FloodClass, FloodLink};
+    let (rate, secs, runs) = if opts.short { (20_000u64, 1.0, 1) } else { (100_000u64, 3.0, 3) };
+    let t = topo(Setup::Datapath);
+    // A listener that never accepts: the SYNs that pass fill its queues
+    // and are answered with SYN cookies, as on a flooded server.
+    let _l = in_ns(&t.ctr.name, || TcpListener::bind("0.0.0.0:25565").unwrap()).join().unwrap();
+    let link = FloodLink {
+        ns: t.player.name.clone(),
+        ifname: "p0".into(),
+        src_mac: t.player.iface("p0").1,
+        dst_mac: t._host.as_ref().unwrap().iface("ext0").1,
+    };
+    let class = FloodClass {
+        src_base: ip("203.0.113.0"),
+        src_span: 1024,
+        dst: ip("10.98.0.1"),
+        dport: 30001,
+        syn: true,
+        payload: Vec::new(),
+    };
+    let hz = 100.0; // USER_HZ
+    let idle = {
+        let (b0, _) = cpu_busy();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        let (b1, _) = cpu_busy();
+        (b1 - b0) as f64 / hz / secs
+    };
+    let mut rows = Vec::new();
+    for p in [Policy::None, Policy::Guard, Policy::Hashlimit, Policy::Meter] {
+        set_policy(&t, p, true);
+        let mut cpu = Vec::new();
+        let mut sent_rate = Vec::new();
+        let mut passed = Vec::new();
+        for _ in 0..runs {
+            let flood = Flood::start(&link, vec![class.clone()], 1, Some(rate));
+            std::thread::sleep(Duration::from_millis(500));
+            let s0 = flood.sent()[0];
+            let red0 = dnat_redirects(&t);
+            let (b0, _) = cpu_busy();
+            let t0 = Instant::now();
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            let (b1, _) = cpu_busy();
+            let el = t0.elapsed().as_secs_f64();
+            let s1 = flood.sent()[0];
+            let red1 = dnat_redirects(&t);
+            drop(flood);
+            cpu.push((b1 - b0) as f64 / hz / el);
+            sent_rate.push((s1 - s0) as f64 / el);
+            passed.push((red1 - red0) as f64 / el);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        set_policy(&t, p, false);
+        let row = (p, median(sent_rate), median(cpu), median(passed));
+        eprintln!("  {:<52} {:>9.0} SYN/s offered, {:.2} cores busy, {:>8.0}/s past the guard", p.name(), row.1, row.2, row.3);
+        rows.push(row);
+    }
+    let mut s = format!(
+        "Flood: SYNs from 1,024 sources (a bot flood from real addresses: each far over its limit) at {rate} per second          against one published port, by the raw-socket generator in the player's namespace on this same machine;          median of {runs} run(s) of {secs} s. CPU is the whole machine's busy time (user, system, irq, softirq) in cores,          generator included (it is the same in every row); the machine idles at {idle:.2} cores. The policy is 10 SYNs          per second and source, burst 10, in each row that has one; iptables and nftables rules are in the container's          namespace, the first netfilter hook a published packet meets (dnat hands it straight there).\n\n         | policy | SYN/s offered | CPU busy (cores) | CPU vs guard | passed on by XDP (/s) |\n|---|---:|---:|---:|---:|\n"
+    );
+    let guard_cpu = rows.iter().find(|r| r.0 == Policy::Guard).unwrap().2;
+    for (p, sent, cpu, passed) in &rows {
+        s.push_str(&format!("| {} | {sent:.0} | {cpu:.2} | {:.2}x | {passed:.0} |\n", p.name(), cpu / guard_cpu));
+    }
+    s.push('\n');
+    s
+}
+
+fn dnat_redirects(t: &Topo) -> u64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_datapathctl"))
+        .args(["stats", "--json"])
+        .env("DATAPATH_PIN_ROOT", t.root.as_deref().unwrap())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["program"] == "dnat" && r["reason"] == "redirect")
+        .and_then(|r| r["packets"].as_u64())
+        .unwrap()
+}
+
+fn guard_bench(opts: &Opts) -> String {
+    eprintln!("bench: guard");
+    let mut s = guard_per_packet(opts);
+    let one = guard_eviction(1);
+    let two = guard_eviction(2);
+    let cap = datapath::abi::capacity::GUARD_SOURCES;
+    s.push_str(&format!(
+        "Per-source state under a spoofed flood: {} verified and {} unverified bots blocked, then SYNs from {} forged          sources (four times guard_src4). Still blocked afterwards:\n\n         | flood | verified bots | unverified bots |\n|---|---:|---:|\n         | one SYN per forged source | {}/{} | {}/{} |\n| two SYNs per forged source | {}/{} | {}/{} |\n\n",
+        one.2, one.2, 4 * cap, one.0, one.2, one.1, one.2, two.0, two.2, two.1, two.2
+    ));
+    eprintln!("  eviction: one SYN each {one:?}, two SYNs each {two:?}");
+    s.push_str(&guard_flood(opts));
+    eprint!("{s}");
+    s
+}
+
+// ---------------------------------------------------------------------
+// 4. Control plane
 
 fn time_cmd(root: &str, args: &[&str], stdin: Option<&str>) -> f64 {
     let start = Instant::now();

@@ -517,3 +517,73 @@ fn spoofed_flood(guard: &OwnedFd, n: u32, per: u32) -> u32 {
     }
     admitted
 }
+
+/// Random and mutated frames through the guard, with and without a policy
+/// (every source denied, then limits that drop almost everything): the
+/// frame always comes out unchanged, the verdict is XDP_PASS or XDP_DROP,
+/// exactly one guard counter moves per frame, and without a policy
+/// nothing is dropped.
+#[test]
+fn property_guard() {
+    if !privileged("property_guard") {
+        return;
+    }
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let e = env();
+    let bases = [
+        syn("203.0.113.9", 30001),
+        ack("203.0.113.9", 30001),
+        udp("203.0.113.9", 30002),
+        udp6("2001:db8::9"),
+        packet::arp(1, packet::MAC_A, ip("203.0.113.9"), [0; 6], ext_ip(), [0xff; 6]),
+    ];
+    let strategy = (
+        0..bases.len(),
+        proptest::collection::vec((0usize..80, any::<u8>()), 0..6),
+        proptest::option::of(14usize..90),
+        proptest::collection::vec(any::<u8>(), 14..120),
+        any::<bool>(),
+    );
+    let guard_total = |c: &std::collections::BTreeMap<String, u64>| -> u64 {
+        c.iter().filter(|(k, _)| k.starts_with("guard/")).map(|(_, v)| v).sum()
+    };
+    for policy in 0..3 {
+        match policy {
+            1 => {
+                e.deny("0.0.0.0/0", None);
+                e.deny("::/0", None);
+            }
+            2 => {
+                g::deny_del(&e.root.pins, &"0.0.0.0/0".parse().unwrap()).unwrap();
+                g::deny_del(&e.root.pins, &"::/0".parse().unwrap()).unwrap();
+                e.limits(None, LimitChange { syn_rate: Some(1), syn_burst: Some(1), udp_rate: Some(1), udp_burst: Some(1), block_for: Some(5), ..Default::default() });
+            }
+            _ => {}
+        }
+        let mut runner = TestRunner::new(Config { cases: 3_000, failure_persistence: None, ..Config::default() });
+        runner
+            .run(&strategy, |(b, muts, cut, random, use_random)| {
+                let mut f = if use_random { random } else { bases[b].clone() };
+                for (i, v) in muts {
+                    if i < f.len() {
+                        f[i] = v;
+                    }
+                }
+                if let Some(n) = cut {
+                    f.truncate(n.max(14));
+                }
+                let before = guard_total(&counters(&e.root));
+                let out = xdp_run(&e.guard, &f, 1);
+                let after = guard_total(&counters(&e.root));
+                prop_assert_eq!(&out.data, &f, "the guard changed a frame");
+                prop_assert!(out.verdict == XDP_PASS || out.verdict == XDP_DROP, "verdict {}", out.verdict);
+                prop_assert_eq!(after - before, 1, "one counter per frame");
+                if policy == 0 {
+                    prop_assert_eq!(out.verdict, XDP_PASS, "dropped without a policy");
+                }
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("policy {policy}: {e}"));
+    }
+}

@@ -2237,8 +2237,9 @@ fn pins_are_root_only() {
     let maps_n = std::fs::read_dir(root.pins.maps_dir()).unwrap().count();
     let progs_n = std::fs::read_dir(root.pins.progs_dir()).unwrap().count();
     let links_n = std::fs::read_dir(root.pins.links_dir()).unwrap().count();
-    assert_eq!((maps_n, progs_n, links_n), (maps::name::ALL.len(), 6, 1), "pins under {}", dir.display());
-    assert_eq!(pins, maps::name::ALL.len() + 6 + 1);
+    let progs = datapath::abi::PROG_NAMES.len();
+    assert_eq!((maps_n, progs_n, links_n), (maps::name::ALL.len(), progs, 1), "pins under {}", dir.display());
+    assert_eq!(pins, maps::name::ALL.len() + progs + 1);
 
     let maps_dir = root.pins.maps_dir();
     let dnat_pin = root.pins.map("dnat4");
