@@ -767,6 +767,17 @@ fn guard_per_packet(opts: &Opts) -> String {
     let udp = Pkt::udp((player, 40001), (ctr, 25566)).macs(PEER, CTR0).build();
     let udp_ns = measure_xdp(&guard, &udp, XDP_PASS, opts, "guard, udp admitted");
     let syn_ns = measure_xdp(&guard, &syn_to(player, (ctr, 25567)), XDP_PASS, opts, "guard, syn admitted");
+    // The same player's UDP flow once the container has answered it.
+    let snat = prog_fd(&env.root, "snat");
+    assert_eq!(test_run(&dnat, &udp, hit.ifindex, 1).verdict, TC_ACT_REDIRECT, "dnat records the UDP flow");
+    let answer = Pkt::udp((ctr, 25566), (player, 40001)).macs(CTR0, env.v0.1).build();
+    assert_eq!(test_run(&snat, &answer, env.v0.0, 1).verdict, TC_ACT_REDIRECT, "snat takes the answer");
+    let established = measure_xdp(&guard, &udp, XDP_PASS, opts, "guard, udp of an answered flow");
+    let stats_before = datapath::ops::stats(&env.root.pins).unwrap();
+    xdp_run(&guard, &udp, 1);
+    let stats_after = datapath::ops::stats(&env.root.pins).unwrap();
+    let moved: Vec<_> = stats_after.iter().zip(&stats_before).filter(|(a, b)| a.packets != b.packets).map(|(a, _)| a.reason.clone()).collect();
+    assert_eq!(moved, ["established"], "the answered flow's datagram takes the established path");
     let denied = syn_to(ip("198.18.7.9"), (ctr, 25565));
     let denied_ns = measure_xdp(&guard, &denied, XDP_DROP, opts, "guard, denied");
     let bot = syn_to(ip("203.0.113.66"), (ctr, 25565));
@@ -793,6 +804,11 @@ fn guard_per_packet(opts: &Opts) -> String {
         with_policy,
         with_policy / dnat_hit * 100.0,
         with_policy - xdp_floor
+    ));
+    s.push_str(&format!(
+        "| guard: player's UDP datagram of a flow the container answered, with the policy | {established:.1} | **{:.1} ns added to the dnat hit path, {:.1} above the XDP floor**: never limited |\n",
+        established,
+        established - xdp_floor
     ));
     s.push_str(&format!("| guard: UDP datagram taking a token | {udp_ns:.1} | admitted |\n"));
     s.push_str(&format!("| guard: SYN taking a token | {syn_ns:.1} | admitted |\n"));

@@ -31,6 +31,8 @@ struct Env {
     root: TestRoot,
     ns: TestNs,
     guard: OwnedFd,
+    dnat: OwnedFd,
+    snat: OwnedFd,
     g: Guard,
     v0: u32,
 }
@@ -62,9 +64,10 @@ fn env() -> Env {
     }
     let v0 = ns.iface("dpv0").0;
     let guard = prog_fd(&root, "guard");
+    let (dnat, snat) = (prog_fd(&root, "dnat"), prog_fd(&root, "snat"));
     let gm = Guard::open(&root.pins).unwrap();
     gm.set_test_clock(Some(T0)).unwrap();
-    Env { root, ns, guard, g: gm, v0 }
+    Env { root, ns, guard, dnat, snat, g: gm, v0 }
 }
 
 impl Env {
@@ -105,6 +108,24 @@ impl Env {
 
     fn drop(&self, what: &str, frame: &[u8], counter: &str) {
         self.expect(what, frame, XDP_DROP, counter);
+    }
+
+    /// A flow of `player` through dnat (a SYN to TCP 30001), then the
+    /// container's reply with `flags` through snat.
+    fn reply_tcp(&self, player: Ipv4Addr, flags: u8) {
+        let mut s = Pkt::tcp((player, 40000), (ext_ip(), 30001));
+        s.tcp_flags = 0x02;
+        let mut r = Pkt::tcp((ip("10.0.0.2"), 25565), (player, 40000));
+        r.tcp_flags = flags;
+        self.through_dnat_and_snat(&s.build(), &r.build());
+    }
+
+    fn through_dnat_and_snat(&self, to_ctr: &[u8], reply: &[u8]) {
+        let _in_ns = NetnsGuard::enter(Some(&self.ns.name)).unwrap();
+        let out = test_run(&self.dnat, to_ctr, 0, 1);
+        assert_eq!(out.verdict, TC_ACT_REDIRECT, "dnat records the flow");
+        let out = test_run(&self.snat, reply, self.v0, 1);
+        assert_eq!(out.verdict, TC_ACT_REDIRECT, "snat takes the reply");
     }
 
     fn deny(&self, cidr: &str, for_secs: Option<u64>) {
@@ -390,6 +411,38 @@ fn established_flows_and_malformed_frames_pass_untouched() {
     assert_counter_deltas("1000 repeats of a denied frame", &before, &after, &[("guard/denied", 1000)]);
 }
 
+/// A UDP datagram of a flow dnat recorded and the container answered is
+/// never limited, even from a source that is blocked; a flow that is only
+/// recorded (nobody answered) is limited like any other datagram.
+#[test]
+fn udp_of_an_answered_flow_is_never_limited() {
+    if !privileged("udp_of_an_answered_flow_is_never_limited") {
+        return;
+    }
+    let e = env();
+    e.limits(None, LimitChange { udp_rate: Some(1), udp_burst: Some(1), block_for: Some(60), ..Default::default() });
+    let (p, q) = ("203.0.113.80", "203.0.113.81");
+    e.pass("p's first datagram", &udp(p, 30002), "guard/admitted");
+    // It reaches the container (dnat records the flow), which answers.
+    let reply = Pkt::udp((ip("10.0.0.2"), 19132), (ip(p), 40001)).build();
+    e.through_dnat_and_snat(&udp(p, 30002), &reply);
+    for i in 0..5 {
+        e.pass(&format!("p's datagram {i} of the answered flow"), &udp(p, 30002), "guard/established");
+    }
+    let mut other = Pkt::udp((ip(p), 40002), (ext_ip(), 30002));
+    other.payload = b"new flow".to_vec();
+    e.drop("p's datagram from another port: a new flow, over the limit", &other.build(), "guard/udp_limited");
+    e.drop("p is blocked for new flows now", &other.build(), "guard/blocked");
+    e.pass("but its answered flow goes on", &udp(p, 30002), "guard/established");
+
+    e.pass("q's first datagram", &udp(q, 30002), "guard/admitted");
+    {
+        let _in_ns = NetnsGuard::enter(Some(&e.ns.name)).unwrap();
+        assert_eq!(test_run(&e.dnat, &udp(q, 30002), 0, 1).verdict, TC_ACT_REDIRECT, "dnat records q's flow");
+    }
+    e.drop("q's flow is recorded but nobody answered it: limited", &udp(q, 30002), "guard/udp_limited");
+}
+
 /// snat marks the player of a reply that is neither SYN-ACK nor RST as
 /// verified; the guard then keeps that source's state in guard_vsrc4.
 #[test]
@@ -398,18 +451,7 @@ fn verified_sources_come_from_snat_only() {
         return;
     }
     let e = env();
-    let (dnat, snat) = (prog_fd(&e.root, "dnat"), prog_fd(&e.root, "snat"));
-    let reply = |player: &str, flags: u8| {
-        // The flow through dnat first: snat takes replies of recorded flows.
-        let mut s = Pkt::tcp((ip(player), 40000), (ext_ip(), 30001));
-        s.tcp_flags = 0x02;
-        let mut r = Pkt::tcp((ip("10.0.0.2"), 25565), (ip(player), 40000));
-        r.tcp_flags = flags;
-        let _in_ns = NetnsGuard::enter(Some(&e.ns.name)).unwrap();
-        assert_eq!(test_run(&dnat, &s.build(), 0, 1).verdict, TC_ACT_REDIRECT, "dnat records the flow");
-        let out = test_run(&snat, &r.build(), e.v0, 1);
-        assert_eq!(out.verdict, TC_ACT_REDIRECT, "snat takes the reply");
-    };
+    let reply = |player: &str, flags: u8| e.reply_tcp(ip(player), flags);
     reply("203.0.113.50", 0x12); // SYN-ACK: anyone can provoke one
     reply("203.0.113.51", 0x14); // RST|ACK
     reply("203.0.113.52", 0x10); // ACK: the handshake completed
@@ -454,19 +496,11 @@ fn spoofed_flood_cannot_evict_verified_sources() {
         return;
     }
     let e = env();
-    let (dnat, snat) = (prog_fd(&e.root, "dnat"), prog_fd(&e.root, "snat"));
     e.limits(None, LimitChange { syn_rate: Some(1), syn_burst: Some(1), block_for: Some(3600), ..Default::default() });
     const BOTS: u32 = 200;
     let bot = |verified: bool, i: u32| Ipv4Addr::new(100, if verified { 64 } else { 65 }, (i >> 8) as u8, i as u8);
-    {
-        let _in_ns = NetnsGuard::enter(Some(&e.ns.name)).unwrap();
-        for i in 0..BOTS {
-            let mut s = Pkt::tcp((bot(true, i), 40000), (ext_ip(), 30001));
-            s.tcp_flags = 0x02;
-            assert_eq!(test_run(&dnat, &s.build(), 0, 1).verdict, TC_ACT_REDIRECT);
-            let r = Pkt::tcp((ip("10.0.0.2"), 25565), (bot(true, i), 40000));
-            assert_eq!(test_run(&snat, &r.build(), e.v0, 1).verdict, TC_ACT_REDIRECT);
-        }
+    for i in 0..BOTS {
+        e.reply_tcp(bot(true, i), 0x10);
     }
     let syn_from = |a: Ipv4Addr| {
         let mut p = Pkt::tcp((a, 40000), (ext_ip(), 30001));

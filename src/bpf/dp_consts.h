@@ -82,6 +82,7 @@ enum dp_stat {
 
 	DP_STAT_GUARD_PASSED,		/* not subject to a limit: passed */
 	DP_STAT_GUARD_ADMITTED,		/* SYN or UDP within its source's limit */
+	DP_STAT_GUARD_ESTABLISHED,	/* UDP of a flow the container answered */
 	DP_STAT_GUARD_NOT_IP,		/* neither IPv4 nor IPv6 (or tagged) */
 	DP_STAT_GUARD_MALFORMED,	/* too short for its headers: passed */
 	DP_STAT_GUARD_DENIED,		/* source on a deny list: dropped */
@@ -134,6 +135,8 @@ enum dp_guard_class {
 enum dp_flow_flag {
 	DP_FLOW_F_VERIFIED = 1,	/* a TCP segment other than SYN-ACK or RST went
 				 * to the player: its source is verified */
+	DP_FLOW_F_ANSWERED = 2,	/* the container has replied on the flow: the
+				 * guard never limits it (UDP) */
 };
 
 /* guard_state.flags */

@@ -8,7 +8,8 @@
  *     published port takes a token from its source's bucket for that class
  *     (guard_limits: per port, else global); over the limit it is dropped
  *     and, with a block time, the source is blocked for that long.
- *     Segments of connections (no SYN, or SYN-ACK) are never limited.
+ *     Segments of connections (no SYN, or SYN-ACK) and datagrams of UDP
+ *     flows the container has answered (flows4) are never limited.
  *  3. Everything else passes untouched: the guard never changes a packet.
  *
  * Per-source state lives in two LRU maps: guard_vsrc4 for sources snat has
@@ -27,7 +28,6 @@
  * behind (bounded loop). User space removes expired entries on every guard
  * command, so more than one is rare. */
 #define GUARD_DENY_DEPTH	8
-
 
 static __always_inline int guard_verdict(__u32 len, enum dp_stat stat,
 					 int action)
@@ -173,6 +173,7 @@ int guard(struct xdp_md *ctx)
 	struct guard_config *cfg;
 	__u32 zero = 0, idx;
 	struct guard_lpm4 key;
+	struct dnat4_value *dv;
 	struct dnat4_key dk;
 	struct dp_l4 p;
 	__u32 rate_off;
@@ -237,8 +238,24 @@ int guard(struct xdp_md *ctx)
 	dk.host_port = p.dport;
 	dk.proto = p.proto;
 	dk.pad = 0;
-	if (!bpf_map_lookup_elem(&dnat4, &dk))
+	dv = bpf_map_lookup_elem(&dnat4, &dk);
+	if (!dv)
 		return guard_verdict(len, DP_STAT_GUARD_PASSED, XDP_PASS);
+	if (class == DP_GUARD_UDP) {
+		/* A datagram of a flow dnat recorded and the container has
+		 * answered (snat marks it) belongs to an established flow,
+		 * which is never limited. A flood never gets that far: its
+		 * datagrams open new flows or flows nobody answers. */
+		struct flow4_key fk = dp_flow4_key(dv->ctr_addr, p.ip->saddr,
+						   dv->ctr_port, p.sport,
+						   IPPROTO_UDP);
+		struct flow4_value *f = bpf_map_lookup_elem(&flows4, &fk);
+
+		if (f && (f->flags & DP_FLOW_F_ANSWERED) &&
+		    f->ext_addr == p.ip->daddr && f->host_port == p.dport)
+			return guard_verdict(len, DP_STAT_GUARD_ESTABLISHED,
+					     XDP_PASS);
+	}
 
 	return guard_limit4(p.ip->saddr, port_lim->set ? p.dport : 0, class,
 			    rate_off ? lim->udp_interval : lim->syn_interval,

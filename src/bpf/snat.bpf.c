@@ -49,14 +49,17 @@ int snat(struct __sk_buff *skb)
 				  NULL);
 
 	acct.slot = f->slot;
-	if (p.proto == IPPROTO_TCP) {
+	/* What the guard needs to know of the flow, written in place once:
+	 * the container has answered it (the guard never limits such a UDP
+	 * flow), and for TCP that the player completed a handshake, so its
+	 * address is verified and the guard keeps its limits' state where a
+	 * spoofed flood cannot evict it. */
+	if (!(f->flags & DP_FLOW_F_ANSWERED))
+		f->flags |= DP_FLOW_F_ANSWERED;
+	if (p.proto == IPPROTO_TCP && !(f->flags & DP_FLOW_F_VERIFIED)) {
 		struct tcphdr *tcp = (void *)p.ports;
 
-		/* The player completed a handshake: the guard keeps its limits'
-		 * state where a spoofed flood cannot evict it. Once per flow:
-		 * the flag is set in the flow in place. */
-		if (!tcp->syn && !tcp->rst &&
-		    !(f->flags & DP_FLOW_F_VERIFIED)) {
+		if (!tcp->syn && !tcp->rst) {
 			f->flags |= DP_FLOW_F_VERIFIED;
 			dp_guard_verify4(p.ip->daddr);
 		}
