@@ -157,8 +157,8 @@ fn command_line_on_real_interfaces() {
     assert!(text.contains("attached:"), "{text}");
     assert!(text.contains("external addresses:\n  198.51.100.1 on dpext"), "{text}");
     let dnat = att.iter().find(|a| a["kind"] == "dnat").unwrap();
-    assert_eq!(dnat["xdp"], "native", "a veth runs the guard in native XDP: {st}");
-    assert!(text.contains("(guard: native XDP)"), "{text}");
+    assert_eq!(dnat["xdp"], "generic", "a veth runs the guard in generic XDP: {st}");
+    assert!(text.contains("(guard: generic XDP)"), "{text}");
 
     // Reload in place: same handle and priority, entries kept.
     ctl.ok(&["load"]);

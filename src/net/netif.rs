@@ -48,6 +48,25 @@ fn ioctl(req: &mut libc::ifreq, op: libc::c_ulong) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The driver of an interface ("veth", "virtio_net", "mlx5_core", ...),
+/// from ETHTOOL_GDRVINFO.
+pub fn driver_of(name: &str) -> Result<String> {
+    // struct ethtool_drvinfo: cmd, then driver[32], version[32], ...
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 156],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 156] };
+    let mut req = ifreq_for(name)?;
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    ioctl(&mut req, libc::SIOCETHTOOL).with_context(|| format!("reading the driver of '{name}'"))?;
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 /// Index of an interface by name.
 pub fn index_of(name: &str) -> Result<u32> {
     let mut req = ifreq_for(name)?;
