@@ -61,23 +61,26 @@ fn main() {
         std::process::exit(1);
     }
     let want = |s: &str| opts.only.as_deref().is_none_or(|o| o == s);
-    let mut md = String::new();
-    md.push_str(&machine_line());
+    // Each section carries the machine and date it was measured on, so
+    // `--only X --write` replaces that section alone.
+    let mut sections: Vec<(&str, String)> = Vec::new();
     if want("prog") {
-        md.push_str(&prog_bench(&opts));
+        sections.push(("prog", machine_line() + &prog_bench(&opts)));
     }
     if want("e2e") {
-        md.push_str(&e2e_bench(&opts));
+        sections.push(("e2e", machine_line() + &e2e_bench(&opts)));
     }
     if want("guard") {
-        md.push_str(&guard_bench(&opts));
+        sections.push(("guard", machine_line() + &guard_bench(&opts)));
     }
     if want("ctl") {
-        md.push_str(&ctl_bench(&opts));
+        sections.push(("ctl", machine_line() + &ctl_bench(&opts)));
     }
-    println!("\n{md}");
+    for (_, md) in &sections {
+        println!("\n{md}");
+    }
     if opts.write {
-        write_benchmarks_md(&md);
+        write_benchmarks_md(&sections);
     }
 }
 
@@ -92,15 +95,36 @@ fn machine_line() -> String {
     format!("Machine: {cpu}, {cores} cores, Linux {}, measured {date}.\n\n", kernel.trim())
 }
 
-fn write_benchmarks_md(generated: &str) {
+/// The order of the generated sections in BENCHMARKS.md.
+const SECTIONS: [&str; 4] = ["prog", "e2e", "guard", "ctl"];
+
+/// Replaces the sections measured in this run between the markers of
+/// BENCHMARKS.md (`<!-- section:NAME -->` inside the generated block) and
+/// keeps the others as they were.
+fn write_benchmarks_md(measured: &[(&str, String)]) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let (begin, end) = ("<!-- bench:begin -->", "<!-- bench:end -->");
-    let new = match (old.find(begin), old.find(end)) {
-        (Some(b), Some(e)) if b < e => format!("{}{begin}\n{generated}{}", &old[..b], &old[e..]),
-        _ => format!("# Benchmarks\n\n{begin}\n{generated}{end}\n"),
+    let (head, block, tail) = match (old.find(begin), old.find(end)) {
+        (Some(b), Some(e)) if b < e => (old[..b].to_string(), old[b + begin.len()..e].to_string(), old[e..].to_string()),
+        _ => ("# Benchmarks\n\n".to_string(), String::new(), format!("{end}\n")),
     };
-    std::fs::write(path, new).expect("writing BENCHMARKS.md");
+    let mut kept: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for part in block.split("<!-- section:").skip(1) {
+        if let Some((name, text)) = part.split_once(" -->\n") {
+            kept.insert(name.to_string(), text.to_string());
+        }
+    }
+    for (name, text) in measured {
+        kept.insert(name.to_string(), text.clone());
+    }
+    let mut generated = String::new();
+    for name in SECTIONS {
+        if let Some(text) = kept.get(name) {
+            generated.push_str(&format!("<!-- section:{name} -->\n{text}"));
+        }
+    }
+    std::fs::write(path, format!("{head}{begin}\n{generated}{tail}")).expect("writing BENCHMARKS.md");
     eprintln!("bench: wrote {path}");
 }
 
@@ -745,6 +769,11 @@ fn guard_per_packet(opts: &Opts) -> String {
     assert_eq!(hit.name, "dnat hit");
     let seg = hit.frame.clone();
     let dnat_hit = measure_fd(&dnat, &hit, opts);
+    // snat on the reply of that flow: it now also marks the flow answered
+    // (and verifies the player) the first time.
+    let snat_path = paths(&env).swap_remove(2);
+    assert_eq!(snat_path.name, "snat hit");
+    let snat_hit = measure_fd(&prog_fd(&env.root, "snat"), &snat_path, opts);
     let _ = dnat;
     let floor_prog = xdp_floor_prog();
     let xdp_floor = measure_xdp(&floor_prog, &seg, XDP_PASS, opts, "XDP floor");
@@ -797,6 +826,7 @@ fn guard_per_packet(opts: &Opts) -> String {
         "### Guard\n\nPer packet: BPF_PROG_TEST_RUN of the XDP program, median of {runs} runs of {repeat} repeats (the guard never changes a frame, so every frame is a fixed point); the policy rows have 1,000 IPv4 and 1,000 IPv6 deny prefixes and global limits in place. The dnat hit is measured in the same run on the same player's segment.\n\n| path | ns/packet | note |\n|---|---:|---|\n"
     );
     s.push_str(&format!("| dnat hit (TC, for comparison) | {dnat_hit:.1} | |\n"));
+    s.push_str(&format!("| snat hit (TC) of that flow | {snat_hit:.1} | marks the flow answered and verifies the player, once |\n"));
     s.push_str(&format!("| XDP floor: a program that only returns XDP_PASS | {xdp_floor:.1} | what BPF_PROG_TEST_RUN adds to any XDP program |\n"));
     s.push_str(&format!("| guard: player's segment, no policy | {bare:.1} | passed; {:.1} above the floor |\n", bare - xdp_floor));
     s.push_str(&format!(
