@@ -621,3 +621,54 @@ fn property_guard() {
             .unwrap_or_else(|e| panic!("policy {policy}: {e}"));
     }
 }
+
+/// Bad `guard` commands: one line on stderr, a non-zero exit, nothing on
+/// stdout, echoed input cut to 64 bytes, and the deny lists and limits
+/// exactly as they were.
+#[test]
+fn bad_guard_commands_change_nothing() {
+    if !privileged("bad_guard_commands_change_nothing") {
+        return;
+    }
+    let e = env();
+    let root = e.root.pins.root().to_path_buf();
+    let ok = |args: &[&str]| assert_ok(&args.join(" "), &ctl(&root, None, args));
+    ok(&["guard", "deny", "add", "198.51.100.0/24", "--for", "600"]);
+    ok(&["guard", "limit", "set", "--syn-rate", "20", "--block-for", "30"]);
+    let state = || {
+        let d = ctl(&root, None, &["--json", "guard", "deny", "list"]);
+        let l = ctl(&root, None, &["--json", "guard", "limit", "get"]);
+        (d.stdout, l.stdout)
+    };
+    let before = state();
+    let long = "9".repeat(300);
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["guard", "deny", "add", "10.1.2.3/8"],
+        vec!["guard", "deny", "add", "10.0.0.0/33"],
+        vec!["guard", "deny", "add", "2001:db8::/129"],
+        vec!["guard", "deny", "add", "not-an-address"],
+        vec!["guard", "deny", "add", &long],
+        vec!["guard", "deny", "add", "10.0.0.0/8", "--for", "0"],
+        vec!["guard", "deny", "add", "10.0.0.0/8", "--for", "-5"],
+        vec!["guard", "deny", "add", "10.0.0.0/8", "--for", "999999999999"],
+        vec!["guard", "deny", "del", "10.1.2.3/8"],
+        vec!["guard", "limit", "set"],
+        vec!["guard", "limit", "set", "--syn-burst", "5", "--port", "30001"],
+        vec!["guard", "limit", "set", "--udp-rate", "0", "--udp-burst", "5"],
+        vec!["guard", "limit", "set", "--syn-rate", "200000000"],
+        vec!["guard", "limit", "set", "--syn-rate", "5", "--syn-burst", "0"],
+        vec!["guard", "limit", "set", "--syn-rate", "5", "--port", "0"],
+        vec!["guard", "limit", "set", "--syn-rate", "5", "--port", "70000"],
+        vec!["guard", "limit", "set", "--syn-rate", &long],
+        vec!["guard", "limit", "get", "--port", "x"],
+        vec!["guard", "limit", "clear", "--port", "0"],
+        vec!["guard", "list-blocked", "extra"],
+    ];
+    for args in cases {
+        let what = args.join(" ");
+        let o = ctl(&root, None, &args);
+        assert_one_line_failure(&what, &o);
+        assert!(!o.stderr.contains(&"9".repeat(65)), "{what}: echoed input not cut to 64 bytes: {}", o.stderr);
+        assert_eq!(state(), before, "{what}: changed the deny lists or limits");
+    }
+}
