@@ -1,4 +1,4 @@
-//! rtnetlink, synchronously: links, addresses and routes.
+//! rtnetlink, synchronously: links, addresses, routes and traffic control.
 //!
 //! A small blocking API over the route netlink protocol: messages are the
 //! `netlink-packet-route` types, the socket is a `netlink-sys` socket, and
@@ -19,6 +19,7 @@
 mod addr;
 mod link;
 mod route;
+mod tc;
 
 use std::fmt;
 use std::fs::File;
@@ -38,6 +39,7 @@ use nix::sched::{setns, CloneFlags};
 pub use addr::Addr;
 pub use link::{check_name, Link, LinkId, VethPair};
 pub use route::{Route, RouteScope};
+pub use tc::BpfFilter;
 
 /// What kind of failure an [`Error`] is, for callers that branch on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp,
 };
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -64,6 +64,10 @@ pub struct Link {
     /// IFLA_LINK_NETNSID: for a veth whose peer is in another namespace,
     /// that namespace's id as seen from this one (see [`Rtnl::nsid`]).
     pub link_netnsid: Option<i32>,
+    /// The XDP program attached in generic (skb) mode, by id.
+    pub xdp_skb_prog: Option<u32>,
+    /// The XDP program attached in the driver (native) mode, by id.
+    pub xdp_drv_prog: Option<u32>,
 }
 
 impl Link {
@@ -77,6 +81,8 @@ impl Link {
             kind: None,
             peer_index: None,
             link_netnsid: None,
+            xdp_skb_prog: None,
+            xdp_drv_prog: None,
         };
         for a in &m.attributes {
             match a {
@@ -85,6 +91,15 @@ impl Link {
                 LinkAttribute::Mtu(m) => l.mtu = *m,
                 LinkAttribute::Link(i) => l.peer_index = Some(*i),
                 LinkAttribute::LinkNetNsId(i) => l.link_netnsid = Some(*i),
+                LinkAttribute::Xdp(xdp) => {
+                    for x in xdp {
+                        match x {
+                            LinkXdp::SkbProgId(id) if *id != 0 => l.xdp_skb_prog = Some(*id),
+                            LinkXdp::DrvProgId(id) if *id != 0 => l.xdp_drv_prog = Some(*id),
+                            _ => {}
+                        }
+                    }
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {
