@@ -73,6 +73,10 @@ unsafe impl plain::Plain for types::attach_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::attach_value {}
 // SAFETY: as above.
+unsafe impl plain::Plain for types::attach_name_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::pin_root_value {}
+// SAFETY: as above.
 unsafe impl plain::Plain for types::guard_config {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::guard_limit {}
@@ -108,6 +112,8 @@ const _: () = assert!(std::mem::size_of::<types::flow_orig>() == 12);
 const _: () = assert!(std::mem::size_of::<types::dp_counter>() == 16);
 const _: () = assert!(std::mem::size_of::<types::attach_key>() == 16);
 const _: () = assert!(std::mem::size_of::<types::attach_value>() == 328);
+const _: () = assert!(std::mem::size_of::<types::attach_name_key>() == 24);
+const _: () = assert!(std::mem::size_of::<types::pin_root_value>() == 256);
 const _: () = assert!(std::mem::size_of::<types::guard_config>() == 32);
 const _: () = assert!(std::mem::size_of::<types::guard_limit>() == 32);
 const _: () = assert!(std::mem::size_of::<types::guard_lpm4>() == 8);
@@ -406,14 +412,29 @@ pub fn stat_names() -> Result<Vec<String>> {
     let btf = Btf::from_raw("dnat", DNAT_OBJECT)
         .context("reading the programs' BTF")?
         .context("the compiled programs carry no BTF")?;
+    stat_names_in(&btf)
+}
+
+/// Names of the counters in a program's BTF (this build's, or the BTF the
+/// kernel keeps of a loaded program of another build).
+pub fn stat_names_in(btf: &Btf<'_>) -> Result<Vec<String>> {
     let e: Enum<'_> = btf.type_by_name("dp_stat").context("enum dp_stat missing from BTF")?;
-    let mut names = vec![String::new(); types::dp_stat::DP_STAT_MAX.0 as usize];
+    let mut named: Vec<(usize, String)> = Vec::new();
+    let mut max = None;
     for m in e.iter() {
         let name = m.name.and_then(|n| n.to_str()).context("unnamed dp_stat member")?;
-        if let Ok(i) = usize::try_from(m.value) {
-            if i < names.len() {
-                names[i] = name.to_string();
-            }
+        let Ok(i) = usize::try_from(m.value) else { continue };
+        if name == "DP_STAT_MAX" {
+            max = Some(i);
+        } else {
+            named.push((i, name.to_string()));
+        }
+    }
+    let max = max.context("enum dp_stat has no DP_STAT_MAX")?;
+    let mut names = vec![String::new(); max];
+    for (i, n) in named {
+        if i < max {
+            names[i] = n;
         }
     }
     if let Some(i) = names.iter().position(String::is_empty) {

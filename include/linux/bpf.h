@@ -82,6 +82,54 @@ struct bpf_sock_tuple {
 	};
 };
 
+/* bpf_fib_lookup: return codes (flags are not used) */
+enum {
+	BPF_FIB_LKUP_RET_SUCCESS,
+	BPF_FIB_LKUP_RET_BLACKHOLE,
+	BPF_FIB_LKUP_RET_UNREACHABLE,
+	BPF_FIB_LKUP_RET_PROHIBIT,
+	BPF_FIB_LKUP_RET_NOT_FWDED,
+	BPF_FIB_LKUP_RET_FWD_DISABLED,
+	BPF_FIB_LKUP_RET_UNSUPP_LWT,
+	BPF_FIB_LKUP_RET_NO_NEIGH,
+	BPF_FIB_LKUP_RET_FRAG_NEEDED,
+	BPF_FIB_LKUP_RET_NO_SRC_ADDR,
+};
+
+struct bpf_fib_lookup {
+	__u8 family;
+	__u8 l4_protocol;
+	__be16 sport;
+	__be16 dport;
+	union {
+		__u16 tot_len;
+		__u16 mtu_result;
+	} __attribute__((packed, aligned(2)));
+	__u32 ifindex;
+	union {
+		__u8 tos;
+		__be32 flowinfo;
+		__u32 rt_metric;
+	};
+	union {
+		__be32 ipv4_src;
+		__u32 ipv6_src[4];
+	};
+	union {
+		__be32 ipv4_dst;
+		__u32 ipv6_dst[4];
+	};
+	union {
+		struct {
+			__be16 h_vlan_proto;
+			__be16 h_vlan_TCI;
+		};
+		__u32 tbid;
+	};
+	__u8 smac[6];
+	__u8 dmac[6];
+};
+
 struct bpf_sock {
 	__u32 bound_dev_if;
 	__u32 family;

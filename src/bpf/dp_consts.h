@@ -7,7 +7,9 @@
 /* Capacities of the maps: 65,536 published ports and registered veths,
  * 262,144 published flows, 65,536 proxied flows. dnat4 holds the
  * expansion of default mappings (one entry per default address), so it has
- * room for every mapping on two default addresses. */
+ * room for every mapping on two default addresses. attachments has room for
+ * the host veths of 65,536 containers and 8,192 external interfaces and
+ * cgroups besides. */
 enum dp_capacity {
 	DP_MAX_PUBLISHED = 65536,	/* mappings, mapping_rev, slots */
 	DP_MAX_DNAT = 131072,		/* dnat4 */
@@ -16,7 +18,7 @@ enum dp_capacity {
 	DP_MAX_HOST_FLOWS = 65536,	/* host_flows4 */
 	DP_MAX_VETHS = 65536,
 	DP_MAX_EXTERNALS = 1024,
-	DP_MAX_ATTACHMENTS = 4096,
+	DP_MAX_ATTACHMENTS = 73728,	/* attachments, attach_names */
 	DP_MAX_GUARD_DENY = 65536,	/* guard_deny4, guard_deny6 */
 	DP_MAX_GUARD_SOURCES = 65536,	/* guard_src4, guard_vsrc4 */
 	DP_MAX_GUARD_VERIFIED = 65536,	/* guard_verified4 */
@@ -51,6 +53,7 @@ enum dp_stat {
 	DP_STAT_SNAT_SPOOFED,		/* source is not the container's: dropped */
 	DP_STAT_SNAT_UNREGISTERED,	/* IPv4 on an unregistered veth: dropped */
 	DP_STAT_SNAT_REWRITE_FAILED,	/* checksum helper failed: dropped */
+	DP_STAT_SNAT_ADOPTED,		/* flow of the release before flows: recorded */
 
 	DP_STAT_ARP_REPLIED,		/* request answered with the veth's MAC */
 	DP_STAT_ARP_PASSED,		/* other ARP: to the kernel */
@@ -111,8 +114,11 @@ enum dp_ext_flag {
 };
 
 /* Kinds of attachment datapathctl records, so `load` can replace programs
- * in place and `status` can show where they are. */
+ * in place and `status` can show where they are. An interface carries one
+ * kind, so its record's key has DP_ATTACH_IFACE and the kind is in the
+ * value; a cgroup's key names the kind (a cgroup may carry several). */
 enum dp_attach_kind {
+	DP_ATTACH_IFACE = 0,
 	DP_ATTACH_DNAT = 1,
 	DP_ATTACH_HOST = 2,
 	DP_ATTACH_GETSOCKOPT = 3,

@@ -133,9 +133,28 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, DP_MAX_ATTACHMENTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct attach_key);
 	__type(value, struct attach_value);
 } attachments SEC(".maps");
+
+/* Attached interfaces by name in their namespace -> ifindex (user space
+ * only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DP_MAX_ATTACHMENTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct attach_name_key);
+	__type(value, __u32);
+} attach_names SEC(".maps");
+
+/* The pin root these maps belong to (one entry, user space only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pin_root_value);
+} pin_root SEC(".maps");
 
 /* Names a map in an instruction that never runs. */
 #define dp_keep(map) asm volatile("" : : "r"(&(map)))
@@ -233,6 +252,8 @@ static __always_inline void dp_keep_maps(void)
 		dp_keep(meta);
 		dp_keep(slot_next);
 		dp_keep(attachments);
+		dp_keep(attach_names);
+		dp_keep(pin_root);
 		dp_keep(guard_cfg);
 		dp_keep(guard_limits);
 		dp_keep(guard_deny4);

@@ -68,11 +68,16 @@ struct port_counter {
 };
 
 /* host_cfg value (single entry): facts about the host, for the host
- * access programs (netns_cookie) and for upgrades (adopt_until). */
+ * access programs (netns_cookie) and for upgrades from the release before
+ * published flows: until adopt_until, snat adopts the flow-less replies of
+ * connections that release forwarded, on its one external address and
+ * interface (adopt_addr, adopt_ifindex). */
 struct host_config {
 	__u64 netns_cookie;	/* the host's network namespace, 0: unset */
 	__u64 adopt_until;	/* bpf_ktime_get_ns() deadline, 0: none */
-	__u64 reserved[2];	/* zero */
+	__be32 adopt_addr;
+	__u32 adopt_ifindex;
+	__u64 reserved;		/* zero */
 };
 
 /* mappings key (user space only): a mapping as the user gave it. */
@@ -170,8 +175,9 @@ struct dp_counter {
 	__u64 bytes;
 };
 
-/* attachments key: one TC attachment (netns inode, ifindex) or one cgroup
- * (cgroup id, ifindex 0). Written by datapathctl only. */
+/* attachments key (user space only): an interface (netns inode, ifindex,
+ * DP_ATTACH_IFACE: it carries one kind) or a cgroup (cgroup id, ifindex 0,
+ * the kind). */
 struct attach_key {
 	__u64 id;
 	__u32 ifindex;
@@ -182,7 +188,22 @@ struct attach_value {
 	char netns[DP_NETNS_LEN];	/* named netns, "" for datapathctl's own */
 	char target[DP_TARGET_LEN];	/* interface name or cgroup path */
 	__u32 flags;			/* enum dp_attach_flag */
-	__u32 pad;
+	__u32 kind;			/* enum dp_attach_kind */
+};
+
+/* attach_names key (user space only): an attached interface by name in its
+ * namespace; the value is its ifindex. Finds the record of an interface
+ * that is gone, or whose name now belongs to another interface. */
+struct attach_name_key {
+	__u64 netns;			/* netns inode */
+	char ifname[16];
+};
+
+/* pin_root value (single entry, user space only): the pin root the maps
+ * were created for. Every program holds this map, so an attached program
+ * tells which pin root it belongs to even after the pins are lost. */
+struct pin_root_value {
+	char path[DP_TARGET_LEN];
 };
 
 /* guard_cfg value (single entry). */
@@ -265,6 +286,8 @@ _Static_assert(sizeof(struct flow_orig) == 12, "flow_orig layout");
 _Static_assert(sizeof(struct dp_counter) == 16, "dp_counter layout");
 _Static_assert(sizeof(struct attach_key) == 16, "attach_key layout");
 _Static_assert(sizeof(struct attach_value) == 328, "attach_value layout");
+_Static_assert(sizeof(struct attach_name_key) == 24, "attach_name_key layout");
+_Static_assert(sizeof(struct pin_root_value) == 256, "pin_root_value layout");
 _Static_assert(sizeof(struct guard_config) == 32, "guard_config layout");
 _Static_assert(sizeof(struct guard_limit) == 32, "guard_limit layout");
 _Static_assert(sizeof(struct guard_lpm4) == 8, "guard_lpm4 layout");

@@ -8,18 +8,148 @@
  * its published port to the host, to another container or to the outside
  * opens a connection of its own, which goes through the proxy. IPv4 with a
  * source other than the container's is dropped here, first, so nothing
- * later in the chain ever sees a spoofed packet. */
+ * later in the chain ever sees a spoofed packet. For a while after an
+ * upgrade from the release before published flows, the flow-less replies
+ * of the connections that release forwarded are adopted (snat_adopt()). */
 #include "dp_verdict.h"
 #include "dp_guard.h"
 #include "dp_pkt.h"
+#include "dp_host.h"
+
+/* Upgrades from the release before published flows. That release took
+ * every packet from a published container port for a reply and sent it
+ * from its one external address; the connections it forwarded have no
+ * recorded flow. Until host_cfg.adopt_until (set by the `load` that
+ * migrated it), a flow-less packet is adopted if the release before would
+ * have taken it and it is none of the host's own: TCP without SYN or UDP,
+ * from a port published on that address to this container behind this
+ * veth, not a proxied connection, not a connection or UDP flow the host
+ * opened, not to the host veth's address, and routed out of that release's
+ * external interface (when forwarding is off the FIB cannot say, and the
+ * other checks decide). Its flow is recorded as dnat would have recorded
+ * it, so from then on it is an ordinary published flow. */
+static __always_inline bool snat_adopt(struct __sk_buff *skb,
+				       const struct dp_l4 *p,
+				       const struct veth_info *veth,
+				       const struct flow4_key *key,
+				       struct flow4_value *fv)
+{
+	struct mapping_rev_key rk = {};
+	struct bpf_fib_lookup fib = {};
+	struct host_config *cfg;
+	struct mapping_key *mk;
+	struct dnat4_value *d;
+	struct flow_orig *orig;
+	struct ctr_endpoint ek;
+	struct dnat4_key dk;
+	__u32 zero = 0;
+	int rc;
+
+	cfg = bpf_map_lookup_elem(&host_cfg, &zero);
+	if (!cfg || !cfg->adopt_until || bpf_ktime_get_ns() >= cfg->adopt_until)
+		return false;
+	if (p->proto == IPPROTO_TCP && ((struct tcphdr *)p->ports)->syn)
+		return false;
+
+	/* That release published default mappings only. */
+	rk.family = AF_INET;
+	rk.proto = p->proto;
+	rk.ctr_port = p->sport;
+	rk.ctr_addr[0] = p->ip->saddr;
+	mk = bpf_map_lookup_elem(&mapping_rev, &rk);
+	if (!mk)
+		return false;
+	dk.ext_addr = cfg->adopt_addr;
+	dk.host_port = mk->host_port;
+	dk.proto = p->proto;
+	dk.pad = 0;
+	d = bpf_map_lookup_elem(&dnat4, &dk);
+	if (!d || d->ctr_addr != p->ip->saddr || d->ctr_port != p->sport ||
+	    d->veth_ifindex != skb->ifindex)
+		return false;
+
+	ek = dp_endpoint(p->ip->saddr, p->sport, p->proto);
+	orig = bpf_map_lookup_elem(&proxy_flows, &ek);
+	if (orig && orig->orig_ip == p->ip->daddr &&
+	    orig->orig_port == p->dport)
+		return false;
+	if (p->proto == IPPROTO_TCP ? dp_host_tcp(skb, p) :
+	    !!bpf_map_lookup_elem(&host_flows4, key))
+		return false;
+	if (p->ip->daddr == veth->host_ip)
+		return false;
+
+	fib.family = AF_INET;
+	fib.l4_protocol = p->proto;
+	fib.sport = p->sport;
+	fib.dport = p->dport;
+	fib.ifindex = skb->ifindex;
+	fib.ipv4_src = p->ip->saddr;
+	fib.ipv4_dst = p->ip->daddr;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_FWD_DISABLED &&
+	    ((rc != BPF_FIB_LKUP_RET_SUCCESS &&
+	      rc != BPF_FIB_LKUP_RET_NO_NEIGH) ||
+	     fib.ifindex != cfg->adopt_ifindex))
+		return false;
+
+	fv->ext_addr = cfg->adopt_addr;
+	fv->host_port = mk->host_port;
+	/* The container answers on it: what snat_reply() marks, marked before
+	 * the flow is written. */
+	fv->flags = DP_FLOW_F_ANSWERED;
+	if (p->proto == IPPROTO_TCP && !((struct tcphdr *)p->ports)->rst) {
+		fv->flags |= DP_FLOW_F_VERIFIED;
+		dp_guard_verify4(p->ip->daddr);
+	}
+	fv->pad = 0;
+	fv->ext_ifindex = cfg->adopt_ifindex;
+	fv->veth_ifindex = skb->ifindex;
+	fv->slot = d->slot;
+	/* A failed update costs only this packet's record: the next one is
+	 * adopted again. */
+	bpf_map_update_elem(&flows4, key, fv, BPF_ANY);
+	return true;
+}
+
+/* A reply: the source becomes what the player used, and it leaves by the
+ * external interface the flow came in on. Inlined with a constant `stat`
+ * at each call, like every dp_verdict(). */
+static __always_inline int snat_reply(struct __sk_buff *skb, struct dp_l4 *p,
+				      struct flow4_value *f, __u32 len,
+				      enum dp_stat stat)
+{
+	struct dp_acct acct = { .dir = DP_DIR_OUT, .slot = f->slot };
+
+	/* What the guard needs to know of the flow, written in place once:
+	 * the container has answered it (the guard never limits such a UDP
+	 * flow), and for TCP that the player completed a handshake, so its
+	 * address is verified and the guard keeps its limits' state where a
+	 * spoofed flood cannot evict it. */
+	if (!(f->flags & DP_FLOW_F_ANSWERED))
+		f->flags |= DP_FLOW_F_ANSWERED;
+	if (p->proto == IPPROTO_TCP && !(f->flags & DP_FLOW_F_VERIFIED)) {
+		struct tcphdr *tcp = (void *)p->ports;
+
+		if (!tcp->syn && !tcp->rst) {
+			f->flags |= DP_FLOW_F_VERIFIED;
+			dp_guard_verify4(p->ip->daddr);
+		}
+	}
+	if (dp_rewrite(skb, p, false, f->ext_addr, f->host_port))
+		return dp_verdict(len, DP_STAT_SNAT_REWRITE_FAILED, TC_ACT_SHOT,
+				  NULL);
+	return dp_verdict(len, stat,
+			  bpf_redirect_neigh(f->ext_ifindex, NULL, 0, 0), &acct);
+}
 
 SEC("tc")
 int snat(struct __sk_buff *skb)
 {
-	struct dp_acct acct = { .dir = DP_DIR_OUT };
 	__u32 ifindex = skb->ifindex, len = skb->len;
 	struct veth_info *veth;
 	struct flow4_value *f;
+	struct flow4_value adopted;
 	struct flow4_key key;
 	struct dp_l4 p;
 	int parsed;
@@ -44,31 +174,17 @@ int snat(struct __sk_buff *skb)
 	key = dp_flow4_key(p.ip->saddr, p.ip->daddr, p.sport, p.dport,
 			   p.proto);
 	f = bpf_map_lookup_elem(&flows4, &key);
-	if (!f || f->veth_ifindex != ifindex)
+	if (!f) {
+		if (!snat_adopt(skb, &p, veth, &key, &adopted))
+			return dp_verdict(len, DP_STAT_SNAT_HANDED_ON,
+					  TC_ACT_UNSPEC, NULL);
+		return snat_reply(skb, &p, &adopted, len,
+				  DP_STAT_SNAT_ADOPTED);
+	}
+	if (f->veth_ifindex != ifindex)
 		return dp_verdict(len, DP_STAT_SNAT_HANDED_ON, TC_ACT_UNSPEC,
 				  NULL);
-
-	acct.slot = f->slot;
-	/* What the guard needs to know of the flow, written in place once:
-	 * the container has answered it (the guard never limits such a UDP
-	 * flow), and for TCP that the player completed a handshake, so its
-	 * address is verified and the guard keeps its limits' state where a
-	 * spoofed flood cannot evict it. */
-	if (!(f->flags & DP_FLOW_F_ANSWERED))
-		f->flags |= DP_FLOW_F_ANSWERED;
-	if (p.proto == IPPROTO_TCP && !(f->flags & DP_FLOW_F_VERIFIED)) {
-		struct tcphdr *tcp = (void *)p.ports;
-
-		if (!tcp->syn && !tcp->rst) {
-			f->flags |= DP_FLOW_F_VERIFIED;
-			dp_guard_verify4(p.ip->daddr);
-		}
-	}
-	if (dp_rewrite(skb, &p, false, f->ext_addr, f->host_port))
-		return dp_verdict(len, DP_STAT_SNAT_REWRITE_FAILED, TC_ACT_SHOT,
-				  NULL);
-	return dp_verdict(len, DP_STAT_SNAT_REDIRECT,
-			  bpf_redirect_neigh(f->ext_ifindex, NULL, 0, 0), &acct);
+	return snat_reply(skb, &p, f, len, DP_STAT_SNAT_REDIRECT);
 }
 
 char _license[] SEC("license") = "GPL";

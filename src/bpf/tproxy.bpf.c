@@ -23,35 +23,11 @@
  */
 #include "dp_verdict.h"
 #include "dp_pkt.h"
+#include "dp_host.h"
 
 static __always_inline int tproxy_drop(__u32 len, enum dp_stat stat)
 {
 	return dp_verdict(len, stat, TC_ACT_SHOT, NULL);
-}
-
-/* Rule 3 for TCP: the container's packet belongs to a connection the host
- * opened if the host has a socket for its reversed 4-tuple that is not a
- * listener (SYN-SENT, established, closing, time-wait). A listener would
- * mean the container is opening a connection to the host, which goes to
- * the proxy (rule 2), never around it. */
-static __always_inline bool tproxy_host_tcp(struct __sk_buff *skb,
-					    const struct dp_l4 *p)
-{
-	struct bpf_sock_tuple t = {};
-	struct bpf_sock *sk;
-	__u32 state;
-
-	t.ipv4.saddr = p->ip->saddr;
-	t.ipv4.daddr = p->ip->daddr;
-	t.ipv4.sport = p->sport;
-	t.ipv4.dport = p->dport;
-	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS,
-				0);
-	if (!sk)
-		return false;
-	state = sk->state;
-	bpf_sk_release(sk);
-	return state != BPF_TCP_LISTEN;
 }
 
 SEC("tc")
@@ -158,9 +134,10 @@ int tproxy_ingress(struct __sk_buff *skb)
 		goto redirect;
 	}
 
-	/* 3. A reply of a connection the host opened. */
+	/* 3. A reply of a connection the host opened: for TCP, a host
+	 * socket for the reversed 4-tuple that is not a listener. */
 	if (p.proto == IPPROTO_TCP) {
-		if (tproxy_host_tcp(skb, &p))
+		if (dp_host_tcp(skb, &p))
 			return dp_verdict(len, DP_STAT_TPROXY_INGRESS_HOST_REPLY,
 					  TC_ACT_OK, NULL);
 		/* 4. */

@@ -27,6 +27,8 @@ pub mod name {
     pub const META: &str = "meta";
     pub const SLOT_NEXT: &str = "slot_next";
     pub const ATTACHMENTS: &str = "attachments";
+    pub const ATTACH_NAMES: &str = "attach_names";
+    pub const PIN_ROOT: &str = "pin_root";
     pub const GUARD_CFG: &str = "guard_cfg";
     pub const GUARD_LIMITS: &str = "guard_limits";
     pub const GUARD_DENY4: &str = "guard_deny4";
@@ -35,7 +37,7 @@ pub mod name {
     pub const GUARD_VSRC4: &str = "guard_vsrc4";
     pub const GUARD_VERIFIED4: &str = "guard_verified4";
     /// Every map of a pin root.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 24] = [
         DNAT4,
         FLOWS4,
         HOST_FLOWS4,
@@ -51,6 +53,8 @@ pub mod name {
         META,
         SLOT_NEXT,
         ATTACHMENTS,
+        ATTACH_NAMES,
+        PIN_ROOT,
         GUARD_CFG,
         GUARD_LIMITS,
         GUARD_DENY4,
