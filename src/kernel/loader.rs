@@ -4,9 +4,11 @@
 //! Every map is pinned under `<root>/maps/<name>` and handed to every
 //! object (each defines the same maps, from `dp_maps.h`). A pinned map is
 //! reused only if its type, key and value sizes, capacity and flags match
-//! this build; otherwise `load` refuses before anything is changed.
+//! this build; otherwise `load` refuses before anything is changed, unless
+//! `kernel::migrate` names the map as one it fills itself (then it is made
+//! afresh here and filled there).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd};
@@ -14,9 +16,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, MapHandle, OpenObject, Program};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType, OpenObject, Program};
 
-use crate::abi::{arp, dnat, guard, snat, tproxy};
+use crate::abi::{arp, bytes_of, dnat, guard, snat, tproxy, types};
 use crate::kernel::pins::PinRoot;
 
 /// Storage for the open objects; owned by the caller, borrowed by
@@ -54,16 +56,24 @@ pub struct Datapath<'obj> {
 
 impl<'obj> Datapath<'obj> {
     /// Opens and loads all five objects, reusing the maps pinned under
-    /// `pins` where they exist. Pins nothing: see [`Datapath::pin`].
+    /// `pins` where they exist. Pins nothing: see [`Datapath::pin_missing`].
     pub fn load(objs: &'obj mut Objects, pins: &PinRoot) -> Result<Self> {
+        Self::load_from(objs, &pins.maps_dir(), &BTreeSet::new())
+    }
+
+    /// Like [`Datapath::load`], with the maps pinned in `dir`, except the
+    /// ones named in `fresh`, which are made new even if pinned (a
+    /// migration fills them).
+    pub fn load_from(objs: &'obj mut Objects, dir: &Path, fresh: &BTreeSet<String>) -> Result<Self> {
         let mut maps = BTreeMap::new();
         let mut created = Vec::new();
-        let dnat = load_one(dnat::DnatSkelBuilder::default(), &mut objs.dnat, pins, &mut maps, &mut created)?;
-        let snat = load_one(snat::SnatSkelBuilder::default(), &mut objs.snat, pins, &mut maps, &mut created)?;
-        let arp = load_one(arp::ArpSkelBuilder::default(), &mut objs.arp, pins, &mut maps, &mut created)?;
+        let src = Source { dir, fresh };
+        let dnat = load_one(dnat::DnatSkelBuilder::default(), &mut objs.dnat, &src, &mut maps, &mut created)?;
+        let snat = load_one(snat::SnatSkelBuilder::default(), &mut objs.snat, &src, &mut maps, &mut created)?;
+        let arp = load_one(arp::ArpSkelBuilder::default(), &mut objs.arp, &src, &mut maps, &mut created)?;
         let tproxy =
-            load_one(tproxy::TproxySkelBuilder::default(), &mut objs.tproxy, pins, &mut maps, &mut created)?;
-        let guard = load_one(guard::GuardSkelBuilder::default(), &mut objs.guard, pins, &mut maps, &mut created)?;
+            load_one(tproxy::TproxySkelBuilder::default(), &mut objs.tproxy, &src, &mut maps, &mut created)?;
+        let guard = load_one(guard::GuardSkelBuilder::default(), &mut objs.guard, &src, &mut maps, &mut created)?;
         Ok(Self { dnat, snat, arp, tproxy, guard, maps, created })
     }
 
@@ -103,12 +113,20 @@ impl<'obj> Datapath<'obj> {
         }
     }
 
-    /// Pins the maps this load created; on failure unpins them again.
-    pub fn pin_new_maps(&mut self, pins: &PinRoot) -> Result<()> {
+    /// Pins every map not pinned in `dir` yet; on failure removes the pins
+    /// it made.
+    pub fn pin_missing(&mut self, dir: &Path) -> Result<()> {
+        self.pin_missing_except(dir, "")
+    }
+
+    /// Like [`Datapath::pin_missing`], leaving out the map `except`.
+    pub fn pin_missing_except(&mut self, dir: &Path, except: &str) -> Result<()> {
         let mut pinned = Vec::new();
-        for name in self.created.clone() {
-            let path = pins.map(&name);
-            let map = self.maps.get_mut(&name).expect("created map is registered");
+        for (name, map) in self.maps.iter_mut() {
+            let path = dir.join(name);
+            if path.exists() || name == except {
+                continue;
+            }
             if let Err(e) = map.pin(&path) {
                 for p in &pinned {
                     let _ = fs::remove_file(p);
@@ -118,6 +136,22 @@ impl<'obj> Datapath<'obj> {
             pinned.push(path);
         }
         Ok(())
+    }
+
+    /// Records the pin root in the `pin_root` map, so every program says
+    /// whose it is (`kernel::owner`).
+    pub fn set_pin_root(&self, pins: &PinRoot) -> Result<()> {
+        let path = pins.root().as_os_str().as_encoded_bytes();
+        let mut v = types::pin_root_value::default();
+        if path.len() >= v.path.len() {
+            bail!("pin root {} is longer than {} bytes", pins.root().display(), v.path.len() - 1);
+        }
+        for (d, b) in v.path.iter_mut().zip(path) {
+            *d = *b as _;
+        }
+        self.map(crate::maps::name::PIN_ROOT)?
+            .update(bytes_of(&0u32), bytes_of(&v), MapFlags::ANY)
+            .context("updating map pin_root")
     }
 
     /// Pins every program, replacing older pins atomically: pin beside,
@@ -142,10 +176,16 @@ impl<'obj> Datapath<'obj> {
     }
 }
 
+/// Where the maps to reuse are pinned, and which not to reuse.
+struct Source<'a> {
+    dir: &'a Path,
+    fresh: &'a BTreeSet<String>,
+}
+
 fn load_one<'obj, B>(
     builder: B,
     storage: &'obj mut MaybeUninit<OpenObject>,
-    pins: &PinRoot,
+    src: &Source<'_>,
     maps: &mut BTreeMap<String, MapHandle>,
     created: &mut Vec<String>,
 ) -> Result<<B::Output as OpenSkel<'obj>>::Output>
@@ -160,8 +200,8 @@ where
             map.reuse_fd(shared.as_fd()).with_context(|| format!("sharing map {name}"))?;
             continue;
         }
-        let path = pins.map(&name);
-        if path.exists() {
+        let path = src.dir.join(&name);
+        if path.exists() && !src.fresh.contains(&name) {
             let pinned = MapHandle::from_pinned_path(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))?;
             check_compatible(&name, &path, &map, &pinned)?;
@@ -181,29 +221,84 @@ where
     Ok(skel)
 }
 
+/// What makes a map's layout: type, key and value sizes, capacity and
+/// flags. Two maps of one layout hold the same entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub map_type: MapType,
+    pub key: u32,
+    pub value: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl Layout {
+    pub const fn new(map_type: MapType, key: u32, value: u32, max_entries: u32, flags: u32) -> Self {
+        Self { map_type, key, value, max_entries, flags }
+    }
+
+    pub fn of(map: &MapHandle) -> Result<Self> {
+        let info = map.info().context("reading a map's info")?;
+        Ok(Self {
+            map_type: map.map_type(),
+            key: map.key_size(),
+            value: map.value_size(),
+            max_entries: map.max_entries(),
+            flags: info.info.map_flags,
+        })
+    }
+
+    fn of_open(m: &libbpf_rs::OpenMapMut<'_>) -> Self {
+        Self {
+            map_type: m.map_type(),
+            key: m.key_size(),
+            value: m.value_size(),
+            max_entries: m.max_entries(),
+            flags: m.map_flags(),
+        }
+    }
+
+    /// How `self` differs from `want`, in words.
+    pub fn diff(&self, want: &Layout) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.map_type != want.map_type {
+            d.push(format!("type {:?}, this build needs {:?}", self.map_type, want.map_type));
+        }
+        if self.key != want.key {
+            d.push(format!("key size {}, this build needs {}", self.key, want.key));
+        }
+        if self.value != want.value {
+            d.push(format!("value size {}, this build needs {}", self.value, want.value));
+        }
+        if self.max_entries != want.max_entries {
+            d.push(format!("capacity {}, this build needs {}", self.max_entries, want.max_entries));
+        }
+        if self.flags != want.flags {
+            d.push(format!("flags {:#x}, this build needs {:#x}", self.flags, want.flags));
+        }
+        d
+    }
+}
+
+/// The layout of every map of this build, read from the compiled objects
+/// (every object defines every map the same way).
+pub fn layouts() -> Result<BTreeMap<String, Layout>> {
+    let mut storage = MaybeUninit::uninit();
+    let mut open = dnat::DnatSkelBuilder::default().open(&mut storage).context("opening BPF object")?;
+    Ok(open
+        .open_object_mut()
+        .maps_mut()
+        .map(|m| (m.name().to_string_lossy().into_owned(), Layout::of_open(&m)))
+        .collect())
+}
+
 fn check_compatible(
     name: &str,
     path: &Path,
     want: &libbpf_rs::OpenMapMut<'_>,
     have: &MapHandle,
 ) -> Result<()> {
-    let info = have.info().with_context(|| format!("reading {}", path.display()))?;
-    let mut diffs = Vec::new();
-    if have.map_type() != want.map_type() {
-        diffs.push(format!("type {:?}, this build needs {:?}", have.map_type(), want.map_type()));
-    }
-    if have.key_size() != want.key_size() {
-        diffs.push(format!("key size {}, this build needs {}", have.key_size(), want.key_size()));
-    }
-    if have.value_size() != want.value_size() {
-        diffs.push(format!("value size {}, this build needs {}", have.value_size(), want.value_size()));
-    }
-    if have.max_entries() != want.max_entries() {
-        diffs.push(format!("capacity {}, this build needs {}", have.max_entries(), want.max_entries()));
-    }
-    if info.info.map_flags != want.map_flags() {
-        diffs.push(format!("flags {:#x}, this build needs {:#x}", info.info.map_flags, want.map_flags()));
-    }
+    let diffs = Layout::of(have).with_context(|| format!("reading {}", path.display()))?.diff(&Layout::of_open(want));
     if !diffs.is_empty() {
         bail!(
             "pinned map {name} ({}) is incompatible with this build: {}; nothing was changed \

@@ -13,14 +13,39 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/datapath";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 
+/// Where an upgrade builds the maps of the new layout before they replace
+/// `maps/` (see `kernel::migrate`), and where the replaced ones wait to be
+/// removed.
+pub const STAGING: &str = "maps_new";
+pub const RETIRED: &str = "maps_old";
+
 #[derive(Clone, Debug)]
 pub struct PinRoot {
     root: PathBuf,
+    /// `maps`, or [`STAGING`] for the maps an upgrade is building.
+    maps: &'static str,
 }
 
 impl PinRoot {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), maps: "maps" }
+    }
+
+    /// The same pin root seen through the maps an upgrade is building
+    /// (`<root>/maps_new/`): map commands and transactions work on them as
+    /// on `maps/`.
+    pub fn staging(&self) -> Self {
+        Self { root: self.root.clone(), maps: STAGING }
+    }
+
+    /// `<root>/maps_new/`.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join(STAGING)
+    }
+
+    /// `<root>/maps_old/`.
+    pub fn retired_dir(&self) -> PathBuf {
+        self.root.join(RETIRED)
     }
 
     pub fn root(&self) -> &Path {
@@ -28,7 +53,7 @@ impl PinRoot {
     }
 
     pub fn maps_dir(&self) -> PathBuf {
-        self.root.join("maps")
+        self.root.join(self.maps)
     }
 
     pub fn progs_dir(&self) -> PathBuf {
@@ -56,8 +81,22 @@ impl PinRoot {
         self.map("stats").exists() && self.prog("dnat").exists()
     }
 
-    /// Fails with the one line a user needs when nothing is loaded.
+    /// Fails with the one line a user needs when nothing is loaded, or
+    /// when a `load` that changes the maps' layout was interrupted.
     pub fn require_loaded(&self) -> Result<()> {
+        if self.maps == "maps" && (self.staging_dir().exists() || self.retired_dir().exists()) {
+            bail!(
+                "an upgrade of the maps under {} was interrupted (run `datapathctl load` to finish it)",
+                self.root.display()
+            );
+        }
+        if self.maps == "maps" && self.map("dnat_ports").exists() {
+            bail!(
+                "the maps under {} are those of the release before published flows (run `datapathctl load` to \
+                 migrate them)",
+                self.root.display()
+            );
+        }
         if !self.is_loaded() {
             bail!(
                 "datapath is not loaded under {} (run `datapathctl load` first)",
@@ -77,7 +116,7 @@ impl PinRoot {
     /// Takes the lock that serialises changes to map entries that span
     /// more than one map or check before they write (`map dnat add/del`,
     /// `map veth add/del`), so racing provisioning commands cannot leave
-    /// dnat_ports and snat_ports out of step.
+    /// the maps out of step.
     pub fn lock_maps(&self) -> Result<fs::File> {
         flock_dir(&self.maps_dir())
     }

@@ -9,9 +9,13 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::MapCore;
 use serde::Serialize;
 
-use crate::kernel::attach::{self, Kind, Records};
+use std::collections::BTreeSet;
+
 use crate::abi::{Proto, PROG_NAMES};
+use crate::kernel::attach::{self, Kind, Records};
 use crate::kernel::loader::{Datapath, Objects};
+use crate::kernel::migrate::{self, Plan};
+use crate::kernel::recover;
 use crate::maps::{self, published, Change, Ext, External, Mapping, ProxyPorts, Published, Txn, Veth, VethMap};
 use crate::net::netif;
 use crate::net::netns::NetnsGuard;
@@ -34,11 +38,19 @@ pub struct LoadReport {
     pub maps_reused: usize,
     pub attachments_updated: usize,
     pub proxy_ports: ProxyPorts,
+    /// What the maps were migrated from, if their layout changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrated: Option<String>,
+    /// Maps pinned again after the pin root was lost.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<String>,
 }
 
 /// `load`: loads and pins everything, or upgrades a running system in
-/// place. Map entries survive; an incompatible pinned map stops it before
-/// anything changes.
+/// place: maps of this build's layout are kept, maps of a layout it knows
+/// are migrated (`kernel::migrate`), a lost pin root is taken back
+/// (`kernel::recover`). A map it cannot take over stops it before anything
+/// changes.
 pub fn load(pins: &PinRoot, opts: LoadOptions) -> Result<LoadReport> {
     let created = pins.create_dirs()?;
     let result = pins.lock().and_then(|_lock| load_inner(pins, opts));
@@ -50,9 +62,16 @@ pub fn load(pins: &PinRoot, opts: LoadOptions) -> Result<LoadReport> {
 }
 
 fn load_inner(pins: &PinRoot, opts: LoadOptions) -> Result<LoadReport> {
+    migrate::finish_swap(pins)?;
+    let recovery = recover::recover_maps(pins)?;
+    let plan = migrate::plan(pins)?;
     let mut objs = Objects::default();
-    let mut dp = Datapath::load(&mut objs, pins)?;
-    let cfg = dp.map("proxy_cfg")?;
+    let mut dp = match &plan {
+        Plan::Current => Datapath::load(&mut objs, pins)?,
+        Plan::Resume => Datapath::load_from(&mut objs, &pins.staging_dir(), &BTreeSet::new())?,
+        Plan::Migrate(m) => Datapath::load_from(&mut objs, &pins.maps_dir(), &m.fresh)?,
+    };
+    let cfg = dp.map(maps::name::PROXY_CFG)?;
     let current = maps::proxy_ports_get(cfg)?.unwrap_or_default();
     let ports = ProxyPorts {
         dns: opts.dns.unwrap_or(current.dns),
@@ -60,14 +79,52 @@ fn load_inner(pins: &PinRoot, opts: LoadOptions) -> Result<LoadReport> {
         tcp: opts.tcp.unwrap_or(current.tcp),
     };
     maps::proxy_ports_set(cfg, ports)?;
-    dp.pin_new_maps(pins)?;
+    dp.set_pin_root(pins)?;
+
+    let migrated = match &plan {
+        Plan::Current => {
+            dp.pin_missing(&pins.maps_dir())?;
+            if let Some(found) = recovery.as_ref().and_then(|r| r.found.as_ref()) {
+                // Attachments a killed command made before its record.
+                let records = Records::of(&dp)?;
+                attach::put_missing(&records, &recover::records_of(found)?)?;
+            }
+            None
+        }
+        Plan::Resume => Some("an interrupted upgrade".to_string()),
+        Plan::Migrate(m) => {
+            let staged = migrate::stage(pins, &mut dp)
+                .and_then(|()| migrate::fill(pins, m))
+                .and_then(|()| migrate::seal(pins, &mut dp));
+            if let Err(e) = staged {
+                // Nothing uses the new maps yet: as if never made.
+                let _ = migrate::remove_pins(&pins.staging_dir());
+                return Err(e);
+            }
+            Some(if m.from_previous {
+                "the release before published flows".to_string()
+            } else {
+                format!("other layouts ({})", m.fresh.iter().cloned().collect::<Vec<_>>().join(", "))
+            })
+        }
+    };
     let updated = match attach::replace_all(&dp, pins).and_then(|n| dp.pin_programs(pins).map(|()| n)) {
         Ok(n) => n,
         Err(e) => {
-            dp.unpin_new_maps(pins);
+            if matches!(plan, Plan::Current) {
+                dp.unpin_new_maps(pins);
+            }
             return Err(e);
         }
     };
+    if !matches!(plan, Plan::Current) {
+        // Every attachment runs the new programs on the new maps: they
+        // take the old ones' place.
+        let (maps_dir, retired) = (pins.maps_dir(), pins.retired_dir());
+        std::fs::rename(&maps_dir, &retired)
+            .with_context(|| format!("renaming {} to {}", maps_dir.display(), retired.display()))?;
+        migrate::finish_swap(pins)?;
+    }
     let created = dp.created_maps().to_vec();
     Ok(LoadReport {
         pin_root: pins.root().display().to_string(),
@@ -75,28 +132,37 @@ fn load_inner(pins: &PinRoot, opts: LoadOptions) -> Result<LoadReport> {
         maps_created: created,
         attachments_updated: updated,
         proxy_ports: ports,
+        migrated,
+        recovered: recovery.map(|r| r.repinned).unwrap_or_default(),
     })
 }
 
-/// `unload`: detaches everything recorded and removes every pin.
-/// Unloading what is not loaded succeeds.
+/// `unload`: detaches everything of the pin root and removes every pin.
+/// Works from whatever is left: the records under `maps/` (or an
+/// interrupted upgrade's), the maps of its programs when the pins are
+/// gone, a scan of the kernel when nothing is pinned at all. Unloading what
+/// is not loaded succeeds; so does unloading again after an unload that was
+/// killed.
 pub fn unload(pins: &PinRoot) -> Result<()> {
-    if !pins.root().exists() {
+    let exists = pins.root().exists();
+    let _lock = if exists { Some(pins.lock()?) } else { None };
+    let (sets, found) = recover::for_unload(pins)?;
+    if !exists && found.as_ref().is_none_or(|f| f.is_empty()) {
         return Ok(());
     }
-    let _lock = pins.lock()?;
-    if pins.map("attachments").exists() {
-        attach::detach_all(pins)?;
+    for records in &sets {
+        attach::detach_all(pins, records)?;
     }
-    for dir in [pins.links_dir(), pins.progs_dir(), pins.maps_dir()] {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
-        for e in entries {
-            let e = e?;
-            fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
-        }
-        fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    if let Some(found) = &found {
+        recover::remove_found(found, &pins.root().display().to_string())?;
     }
-    fs::remove_dir(pins.root()).with_context(|| format!("removing {}", pins.root().display()))?;
+    if !exists {
+        return Ok(());
+    }
+    for dir in [pins.links_dir(), pins.progs_dir(), pins.staging_dir(), pins.retired_dir(), pins.maps_dir()] {
+        migrate::remove_pins(&dir)?;
+    }
+    std::fs::remove_dir(pins.root()).with_context(|| format!("removing {}", pins.root().display()))?;
     Ok(())
 }
 
@@ -114,12 +180,12 @@ pub fn detach_tc(pins: &PinRoot, netns: Option<&str>, kind: Kind, iface: &str) -
 pub fn attach_getsockopt(pins: &PinRoot, path: Option<&Path>) -> Result<()> {
     pins.require_loaded()?;
     let _lock = pins.lock()?;
-    attach::attach_getsockopt(pins, path).map(|_| ())
+    attach::attach_cgroup(pins, Kind::Getsockopt, path).map(|_| ())
 }
 
 pub fn detach_getsockopt(pins: &PinRoot, path: Option<&Path>) -> Result<()> {
     let _lock = if pins.root().exists() { Some(pins.lock()?) } else { None };
-    attach::detach_getsockopt(pins, path).map(|_| ())
+    attach::detach_cgroup(pins, Kind::Getsockopt, path).map(|_| ())
 }
 
 /// Arguments of `map dnat add`, as typed.
