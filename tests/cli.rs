@@ -263,3 +263,83 @@ fn a_foreign_clsact_qdisc_is_left_in_place() {
     assert!(tc_show(&ns, "qdisc show dev dpext").contains("clsact"), "a qdisc we did not create stays");
     assert!(!tc_show(&ns, "filter show dev dpext ingress").contains("dnat"));
 }
+
+/// `status --json` attachments as (kind, interface, ifindex).
+fn attached(ctl: &Ctl) -> Vec<(String, String, u64)> {
+    let st = ctl.json(&["status"]);
+    let mut v: Vec<_> = st["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["kind"].as_str().unwrap().to_string(), a["target"].as_str().unwrap().to_string(), a["ifindex"].as_u64().unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// An interface carries one kind: the other is refused with one line and
+/// nothing changes, and detaching the other kind leaves it alone. A record
+/// whose interface was deleted is replaced when its index or its name comes
+/// back on another interface, and goes when the interface is detached by
+/// name after it is gone.
+#[test]
+fn one_kind_per_interface_and_records_of_deleted_interfaces() {
+    if !privileged("one_kind_per_interface_and_records_of_deleted_interfaces") {
+        return;
+    }
+    let ctl = Ctl { root: format!("/sys/fs/bpf/{}", unique("dpt")) };
+    let _unload = Unload(&ctl);
+    let ns = TestNs::new();
+    let n = ns.name.as_str();
+    for i in ["dpa", "dpb", "dpc", "dpe", "dpf"] {
+        ns.ip(&format!("link add {i} type veth peer name {i}p"));
+    }
+    ctl.ok(&["load"]);
+    ctl.ok(&["-n", n, "attach", "host", "dpa"]);
+    ctl.ok(&["-n", n, "attach", "dnat", "dpb"]);
+    let filters_a = tc_show(&ns, "filter show dev dpa ingress");
+    let filters_b = tc_show(&ns, "filter show dev dpb ingress");
+    let before = attached(&ctl);
+
+    for (args, says) in [
+        (["-n", n, "attach", "dnat", "dpa"], "dpa carries the host programs"),
+        (["-n", n, "attach", "host", "dpb"], "dpb carries the dnat programs"),
+    ] {
+        let o = common::run_ctl(Command::new(env!("CARGO_BIN_EXE_datapathctl")), ctl.root.as_ref(), None, &args);
+        assert_one_line_failure(&args.join(" "), &o);
+        assert!(o.stderr.contains(says), "{}: {:?}", args.join(" "), o.stderr);
+    }
+    // Detaching the kind an interface does not carry changes nothing.
+    ctl.ok(&["-n", n, "detach", "dnat", "dpa"]);
+    ctl.ok(&["-n", n, "detach", "host", "dpb"]);
+    assert_eq!(tc_show(&ns, "filter show dev dpa ingress"), filters_a, "dpa after the refusals");
+    assert_eq!(tc_show(&ns, "filter show dev dpb ingress"), filters_b, "dpb after the refusals");
+    assert_eq!(attached(&ctl), before);
+
+    // dpc is deleted; the kernel's next interface gets its index back.
+    ctl.ok(&["-n", n, "attach", "host", "dpc"]);
+    let (idx_c, _) = ns.iface("dpc");
+    ns.ip("link del dpc");
+    ns.ip(&format!("link add dpd index {idx_c} type veth peer name dpdp"));
+    ctl.ok(&["-n", n, "attach", "dnat", "dpd"]);
+    let now = attached(&ctl);
+    assert!(now.contains(&("dnat".into(), "dpd".into(), u64::from(idx_c))), "{now:?}");
+    assert!(!now.iter().any(|a| a.1 == "dpc"), "the record of the deleted dpc is replaced: {now:?}");
+
+    // dpe is deleted and made again under the same name.
+    ctl.ok(&["-n", n, "attach", "host", "dpe"]);
+    ns.ip("link del dpe");
+    ns.ip("link add dpe type veth peer name dpep");
+    let (idx_e, _) = ns.iface("dpe");
+    ctl.ok(&["-n", n, "attach", "host", "dpe"]);
+    let now = attached(&ctl);
+    let e: Vec<_> = now.iter().filter(|a| a.1 == "dpe").collect();
+    assert_eq!(e, vec![&("host".to_string(), "dpe".to_string(), u64::from(idx_e))], "one record for dpe: {now:?}");
+
+    // dpf is detached by name after it is gone.
+    ctl.ok(&["-n", n, "attach", "host", "dpf"]);
+    ns.ip("link del dpf");
+    ctl.ok(&["-n", n, "detach", "host", "dpf"]);
+    assert!(!attached(&ctl).iter().any(|a| a.1 == "dpf"), "the record of dpf is gone");
+    assert_eq!(attached(&ctl).len(), 4, "dpa, dpb, dpd, dpe: {:?}", attached(&ctl));
+}

@@ -583,6 +583,139 @@ fn snat_fixtures() {
     run_table(&env, vec![h("a flow sent to another veth", v0, &other)]);
 }
 
+/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: t is a valid timespec for the call to fill.
+    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) }, 0);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Sets host_cfg's adoption rule: until `until` (0: none), on the default
+/// external address and interface.
+fn set_adoption(env: &Env, until: u64) {
+    let m = maps::open(&env.root.pins, "host_cfg").unwrap();
+    let v = types::host_config {
+        adopt_until: until,
+        adopt_addr: u32::from_ne_bytes(ext_ip().octets()),
+        adopt_ifindex: env.ext.0,
+        ..Default::default()
+    };
+    m.update(bytes_of(&0u32), bytes_of(&v), MapFlags::ANY).unwrap();
+}
+
+/// Upgrades from the release before published flows: for the grace
+/// period the migration sets, snat adopts a flow-less packet from a
+/// published port as that release would have taken it — TCP without SYN
+/// or UDP, from the container behind the veth the port is published to,
+/// not proxied, not the host's own, routed out of the external interface —
+/// records its flow and translates it. Before and after the period, and
+/// for everything else, it hands the packet on.
+#[test]
+fn snat_adopts_connections_of_the_release_before() {
+    if !privileged("snat_adopts_connections_of_the_release_before") {
+        return;
+    }
+    let env = env();
+    let (v0, v1) = (env.v0.0, env.v1.0);
+    let from0 = |p: Pkt| p.macs(CTR0, env.v0.1);
+    let from1 = |p: Pkt| p.macs(CTR1, env.v1.1);
+    let out = |p: &Pkt, port: u16| {
+        let mut o = p.clone();
+        o.src = ext_ip();
+        o.sport = port;
+        o
+    };
+    let len = |p: &Pkt| p.build().len();
+    let h = |name, ifindex, p: &Pkt| fx(name, "snat", ifindex, p.build(), TC_ACT_UNSPEC, None, "snat/handed_on");
+    let adopted = |name, ifindex, p: &Pkt, port: u16, slot: u32| {
+        fx(name, "snat", ifindex, p.build(), TC_ACT_REDIRECT, Some(out(p, port).build()), "snat/adopted")
+            .acct(acct_out(slot, len(p)))
+    };
+    let tcp = from0(Pkt::tcp((ip("10.0.0.2"), 25565), (player(), 40000)));
+    let udp = from0(Pkt::udp((ip("10.0.0.2"), 19132), (player(), 40001)));
+    let other_ctr = from1(Pkt::tcp((ip("10.0.1.2"), 25565), (player(), 40002)));
+    let mut syn = tcp.clone();
+    syn.tcp_flags = 0x02;
+    let mut synack = tcp.clone();
+    synack.tcp_flags = 0x12;
+    env.ns.ip("route add 203.0.113.0/24 dev dpext");
+    env.ns.ip("route add 10.0.1.2/32 dev dpv1");
+
+    // No grace period (the default), and one that is over.
+    set_adoption(&env, 0);
+    run_table(&env, vec![h("no grace period", v0, &tcp), h("no grace period, udp", v0, &udp)]);
+    set_adoption(&env, monotonic_ns() - 1);
+    run_table(&env, vec![h("the grace period is over", v0, &tcp)]);
+    assert!(maps::published_flows(&env.root.pins).unwrap().is_empty(), "nothing was adopted");
+
+    set_adoption(&env, monotonic_ns() + 600_000_000_000);
+    // The host's own: a proxied connection from the published port, a TCP
+    // connection and a UDP flow the host opened, the host veth's address.
+    let proxy = maps::open(&env.root.pins, "proxy_flows").unwrap();
+    let pk = types::ctr_endpoint::new(ip("10.0.0.2"), 25565, Proto::Tcp);
+    let pv = types::flow_orig::new(ip("192.0.2.7"), 443, ip("10.0.0.1"), 9111);
+    proxy.update(bytes_of(&pk), bytes_of(&pv), MapFlags::ANY).unwrap();
+    let proxied = from0(Pkt::tcp((ip("10.0.0.2"), 25565), (ip("192.0.2.7"), 443)));
+    let host_addr = ip("10.0.1.1");
+    let _host_conn =
+        connecting_socket(&env.ns, SocketAddrV4::new(host_addr, 41000), SocketAddrV4::new(ip("10.0.0.2"), 25565));
+    let to_host = from0(Pkt::tcp((ip("10.0.0.2"), 25565), (host_addr, 41000)));
+    let hf = maps::open(&env.root.pins, "host_flows4").unwrap();
+    let hk = types::flow4_key::new(ip("10.0.0.2"), 19132, host_addr, 5000, Proto::Udp);
+    let hv = types::host_flow_value { veth_ifindex: v0, pad: 0 };
+    hf.update(bytes_of(&hk), bytes_of(&hv), MapFlags::ANY).unwrap();
+    let host_udp = from0(Pkt::udp((ip("10.0.0.2"), 19132), (host_addr, 5000)));
+    run_table(&env, vec![
+        h("a syn opens a connection: never adopted", v0, &syn),
+        h("nor a syn-ack", v0, &synack),
+        h("an unpublished port", v0, &from0(Pkt::tcp((ip("10.0.0.2"), 25566), (player(), 40000)))),
+        h("the published port of the other protocol", v0, &from0(Pkt::udp((ip("10.0.0.2"), 25565), (player(), 40000)))),
+        h("a proxied connection from the published port", v0, &proxied),
+        h("a connection the host opened", v0, &to_host),
+        h("a udp flow the host opened", v0, &host_udp),
+        h("to the host veth's address", v0, &from0(Pkt::tcp((ip("10.0.0.2"), 25565), (ip("10.0.0.1"), 40000)))),
+        fx("another container's address on this veth", "snat", v0, other_ctr.build(), TC_ACT_SHOT, None, "snat/spoofed"),
+    ]);
+    assert!(maps::published_flows(&env.root.pins).unwrap().is_empty(), "nothing was adopted");
+
+    // Forwarding is off in the test's namespace: the FIB cannot say where
+    // a packet goes, and the checks above decide.
+    run_table(&env, vec![
+        adopted("tcp from a published port", v0, &tcp, 30001, SLOT_30001),
+        adopted("udp from a published port", v0, &udp, 30002, SLOT_30002),
+        adopted("another container's published port", v1, &other_ctr, 30003, SLOT_30003),
+    ]);
+    let mut flows = maps::published_flows(&env.root.pins).unwrap();
+    flows.sort_by_key(|f| f.player_port);
+    let got: Vec<_> =
+        flows.iter().map(|f| (f.ctr_ip, f.ctr_port, f.player_port, f.proto, f.ext_addr, f.host_port, f.ext_ifindex, f.veth_ifindex, f.slot)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (ip("10.0.0.2"), 25565, 40000, Proto::Tcp, ext_ip(), 30001, env.ext.0, v0, SLOT_30001),
+            (ip("10.0.0.2"), 19132, 40001, Proto::Udp, ext_ip(), 30002, env.ext.0, v0, SLOT_30002),
+            (ip("10.0.1.2"), 25565, 40002, Proto::Tcp, ext_ip(), 30003, env.ext.0, v1, SLOT_30003),
+        ],
+        "adopted flows are recorded as dnat records them"
+    );
+    // Adopted once, the flow is an ordinary one.
+    run_table(&env, vec![
+        fx("the next segment is a reply of a recorded flow", "snat", v0, tcp.build(), TC_ACT_REDIRECT, Some(out(&tcp, 30001).build()), "snat/redirect").acct(acct_out(SLOT_30001, len(&tcp))),
+    ]);
+
+    // With forwarding on, the FIB decides: out of the external interface
+    // only.
+    sh(&format!("ip netns exec {} sysctl -qw net.ipv4.conf.all.forwarding=1", env.ns.name));
+    let p = |port: u16, dst: Ipv4Addr| from0(Pkt::tcp((ip("10.0.0.2"), 25565), (dst, port)));
+    run_table(&env, vec![
+        adopted("routed out of the external interface", v0, &p(40100, player()), 30001, SLOT_30001),
+        h("routed to another container", v0, &p(40101, ip("10.0.1.2"))),
+        h("no route", v0, &p(40102, ip("192.0.2.99"))),
+        h("local to the host", v0, &p(40103, host_addr)),
+    ]);
+}
+
 #[test]
 fn arp_fixtures() {
     if !privileged("arp_fixtures") {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod flood;
+pub mod kstate;
 pub mod packet;
 pub mod realsw;
 pub mod topo;
@@ -35,6 +36,19 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// namespaces and interfaces (interface names max 15 bytes).
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id() % 100000, SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The `datapathctl` of the release before published flows (commit
+/// 1607cb0), built once by scripts/prev-release.
+pub fn prev_release() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/prev-release");
+    let out = Command::new("bash")
+        .arg(script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("running scripts/prev-release");
+    assert!(out.status.success(), "scripts/prev-release failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// A pin root of the test's own under /sys/fs/bpf, loaded with the

@@ -58,22 +58,25 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// (and the root removed) on drop.
 pub struct Ctl {
     pub root: PathBuf,
+    /// The binary: this build's, or another release's (an upgrade test
+    /// sets the pin root up with it, then switches).
+    pub bin: PathBuf,
 }
 
 impl Ctl {
     pub fn new() -> Self {
-        Self { root: PathBuf::from("/sys/fs/bpf").join(unique("dpe")) }
+        Self { root: PathBuf::from("/sys/fs/bpf").join(unique("dpe")), bin: PathBuf::from(DATAPATHCTL) }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(DATAPATHCTL);
+        let mut c = Command::new(&self.bin);
         c.args(args).env("DATAPATH_PIN_ROOT", &self.root);
         c
     }
 
     /// Runs datapathctl; Ok(stdout) on exit 0, Err(description) otherwise.
     pub fn try_run(&self, args: &[&str]) -> Result<String, String> {
-        let out = self.command(args).output().map_err(|e| format!("running {DATAPATHCTL}: {e}"))?;
+        let out = self.command(args).output().map_err(|e| format!("running {}: {e}", self.bin.display()))?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() {
             Ok(stdout)
@@ -264,6 +267,22 @@ impl Topo {
     /// host namespaces: the host's external address, dnat on the external
     /// interface.
     pub fn new() -> Self {
+        Self::new_with(Path::new(DATAPATHCTL))
+    }
+
+    /// Like [`Topo::new`], set up by another `datapathctl` (the release
+    /// before, for an upgrade test); `ctl.bin` says which runs next.
+    pub fn new_with(bin: &Path) -> Self {
+        Self::build(bin, PathBuf::from("/sys/fs/bpf").join(unique("dpe")))
+    }
+
+    /// Like [`Topo::new`], with the pin root at `root` (on a bpffs of the
+    /// test's own).
+    pub fn new_at(root: PathBuf) -> Self {
+        Self::build(Path::new(DATAPATHCTL), root)
+    }
+
+    fn build(bin: &Path, root: PathBuf) -> Self {
         let id = unique("");
         let mut t = Topo {
             player: format!("dpe{id}p"),
@@ -274,7 +293,7 @@ impl Topo {
             cgroup: None,
             namespaces: Vec::new(),
             links: Vec::new(),
-            ctl: Ctl::new(),
+            ctl: Ctl { root, bin: bin.to_path_buf() },
         };
         t.ctl.run(&["load"]);
         for ns in [t.player.clone(), t.host.clone()] {
@@ -828,7 +847,27 @@ pub fn stream_sink(
     received: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> JoinHandle<Result<(u64, u64), String>> {
     std::thread::spawn(move || {
-        let (mut s, _) = accept(&listener, IO_TIMEOUT).map_err(|e| format!("{who}: no connection: {e}"))?;
+        let (s, _) = accept(&listener, IO_TIMEOUT).map_err(|e| format!("{who}: no connection: {e}"))?;
+        sink(s, who, received)
+    })
+}
+
+/// [`stream_sink`] on a connection made already (the side that connected
+/// receives).
+pub fn stream_sink_on(
+    s: TcpStream,
+    who: &'static str,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> JoinHandle<Result<(u64, u64), String>> {
+    std::thread::spawn(move || sink(s, who, received))
+}
+
+fn sink(
+    mut s: TcpStream,
+    who: &'static str,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Result<(u64, u64), String> {
+    {
         let (mut len, mut h) = (0u64, FNV_INIT);
         let mut buf = vec![0u8; STREAM_CHUNK];
         loop {
@@ -843,7 +882,7 @@ pub fn stream_sink(
         s.write_all(&[len.to_be_bytes(), h.to_be_bytes()].concat())
             .map_err(|e| format!("{who}: sending the summary failed: {e}"))?;
         Ok((len, h))
-    })
+    }
 }
 
 /// The sending end: writes a pseudo-random pattern in [`STREAM_CHUNK`]s,
