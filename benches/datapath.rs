@@ -11,11 +11,12 @@
 //!    unverified bots, and the CPU the host spends on a bot SYN flood with
 //!    the guard's limit, with no limit, and with the same policy as an
 //!    iptables hashlimit rule and an nftables meter;
-//! 4. control plane: whole-process time of `datapathctl` commands.
+//! 4. control plane: whole-process time of `datapathctl` commands, and
+//!    attach/detach, load and unload with 10 to 10,000 attached containers.
 //!
 //! `--short` runs everything briefly (CI keeps it working); `--write`
-//! replaces the generated part of BENCHMARKS.md. Sections can be chosen
-//! with `--only prog|e2e|guard|ctl`.
+//! replaces the sections it measured in BENCHMARKS.md. Sections can be
+//! chosen with `--only prog|e2e|guard|ctl|scale` (`ctl` includes `scale`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -76,6 +77,9 @@ fn main() {
     if want("ctl") {
         sections.push(("ctl", machine_line() + &ctl_bench(&opts)));
     }
+    if want("ctl") || opts.only.as_deref() == Some("scale") {
+        sections.push(("scale", machine_line() + &scale_bench(&opts)));
+    }
     for (_, md) in &sections {
         println!("\n{md}");
     }
@@ -96,7 +100,7 @@ fn machine_line() -> String {
 }
 
 /// The order of the generated sections in BENCHMARKS.md.
-const SECTIONS: [&str; 4] = ["prog", "e2e", "guard", "ctl"];
+const SECTIONS: [&str; 5] = ["prog", "e2e", "guard", "ctl", "scale"];
 
 /// Replaces the sections measured in this run between the markers of
 /// BENCHMARKS.md (`<!-- section:NAME -->` inside the generated block) and
@@ -1113,6 +1117,87 @@ fn ctl_bench(opts: &Opts) -> String {
         median(first.clone()),
         first.len(),
         median(upgrade),
+    );
+    eprint!("{s}");
+    s
+}
+
+// ---------------------------------------------------------------------
+// 3b. Attachments at scale
+
+/// Runs `ip -n <ns> -batch -` on `lines`.
+fn ip_batch(ns: &str, lines: &str) {
+    let mut child = Command::new("ip").args(["-n", ns, "-batch", "-"]).stdin(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "ip -batch failed");
+}
+
+/// Milliseconds of one call.
+fn ms<T>(f: impl FnOnce() -> T) -> (f64, T) {
+    let start = Instant::now();
+    let r = f();
+    (start.elapsed().as_secs_f64() * 1e3, r)
+}
+
+/// With N containers attached (host veths in one namespace, their peers
+/// spread over four container namespaces): per-container `attach host` and
+/// `detach host` as whole processes and as library calls, and `load` and
+/// `unload` of everything.
+fn scale_bench(opts: &Opts) -> String {
+    let sizes: &[usize] = if opts.short { &[10, 200] } else { &[10, 1_000, 10_000] };
+    const SPARE: usize = 20;
+    let mut rows = String::new();
+    for &n in sizes {
+        eprintln!("bench: {n} attached containers");
+        let host = TestNs::new();
+        let ctrs: Vec<TestNs> = (0..4).map(|_| TestNs::new()).collect();
+        let mut lines = String::new();
+        for i in 0..n + SPARE {
+            lines.push_str(&format!("link add sv{i} type veth peer name eth{i} netns {}\nlink set sv{i} up\n", ctrs[i % 4].name));
+        }
+        let (create, ()) = ms(|| ip_batch(&host.name, &lines));
+        let root = format!("/sys/fs/bpf/{}", unique("dpbs"));
+        let pins = datapath::kernel::pins::PinRoot::new(&root);
+        ops::load(&pins, LoadOptions::default()).unwrap();
+        let h = Some(host.name.as_str());
+        let (fill, ()) = ms(|| {
+            for i in 0..n {
+                ops::attach_tc(&pins, h, datapath::kernel::attach::Kind::Host, &format!("sv{i}")).unwrap();
+            }
+        });
+        let (mut attach_p, mut detach_p, mut attach_l, mut detach_l) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for j in 0..SPARE {
+            let v = format!("sv{}", n + j);
+            attach_p.push(time_cmd(&root, &["-n", &host.name, "attach", "host", &v], None));
+            detach_p.push(time_cmd(&root, &["-n", &host.name, "detach", "host", &v], None));
+            attach_l.push(ms(|| ops::attach_tc(&pins, h, datapath::kernel::attach::Kind::Host, &v).unwrap()).0);
+            detach_l.push(ms(|| ops::detach_tc(&pins, h, datapath::kernel::attach::Kind::Host, &v).unwrap()).0);
+        }
+        let loads: Vec<f64> = (0..3).map(|_| time_cmd(&root, &["load"], None)).collect();
+        let unload = time_cmd(&root, &["unload"], None);
+        eprintln!(
+            "bench: {n}: veths made in {create:.0} ms, attached in {fill:.0} ms; load {:.0} ms, unload {unload:.0} ms",
+            median(loads.clone())
+        );
+        rows.push_str(&format!(
+            "| {n} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {unload:.0} |\n",
+            median(attach_p),
+            median(detach_p),
+            median(attach_l),
+            median(detach_l),
+            median(loads),
+        ));
+        drop(ctrs);
+        drop(host);
+    }
+    let s = format!(
+        "### Attachments at scale\n\nN containers attached (`attach host`: four filters each; host veths in one \
+         namespace, their peers spread over four). Per container: `attach host` and `detach host` of one more, \
+         median of {SPARE}, as whole `datapathctl` processes and as the library call alone (what `container \
+         add` pays inside one process); `load` (median of 3) and `unload` with all N attached. Targets: attach \
+         and detach ≤ 3 ms at every size, `load` ≤ 1.5 s and `unload` ≤ 3 s at 10,000.\n\n\
+         | containers | attach (ms) | detach (ms) | attach, library (ms) | detach, library (ms) | `load` (ms) | \
+         `unload` (ms) |\n|---:|---:|---:|---:|---:|---:|---:|\n{rows}\n"
     );
     eprint!("{s}");
     s
