@@ -518,3 +518,32 @@ fn killed_load_unload_and_upgrade_leave_a_state_the_next_command_completes() {
         assert!(*n as usize * 4 > trials / 4, "kind {k}: only {n} of {} trials killed the command", trials / 4);
     }
 }
+
+/// Pins removed one by one, the programs' pins still there: `load` pins
+/// the very same maps again (from the pinned programs' map ids) instead of
+/// making empty ones.
+#[test]
+fn lost_map_pins_are_pinned_again_from_the_programs() {
+    if !privileged("lost_map_pins_are_pinned_again_from_the_programs") {
+        return;
+    }
+    let root = PathBuf::from("/sys/fs/bpf").join(unique("dpr"));
+    struct Unload<'a>(&'a Path);
+    impl Drop for Unload<'_> {
+        fn drop(&mut self) {
+            let _ = common::ctl(self.0, None, &["unload"]);
+        }
+    }
+    let _unload = Unload(&root);
+    common::assert_ok("load", &common::ctl(&root, None, &["load"]));
+    let before = kstate::map_ids(&root);
+    for m in ["flows4", "attachments", "pin_root"] {
+        std::fs::remove_file(root.join("maps").join(m)).unwrap();
+    }
+    let o = common::ctl(&root, None, &["load", "--json"]);
+    common::assert_ok("load after three map pins were removed", &o);
+    let report: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(report["recovered"], serde_json::json!(["flows4", "attachments", "pin_root"]), "{report}");
+    assert_eq!(report["maps_created"], serde_json::json!([]), "{report}");
+    assert_eq!(kstate::map_ids(&root), before, "the same maps are pinned again");
+}

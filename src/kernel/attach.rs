@@ -19,7 +19,6 @@
 //! is killed half-way; `load` and `unload` walk them once.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -1068,12 +1067,6 @@ pub fn detach_all(pins: &PinRoot, records: &Records) -> Result<()> {
         remove_legacy_link(pins, kind, r.id)?;
     }
     Ok(())
-}
-
-/// Opens a cgroup for callers outside this module (tests, status).
-pub fn open_cgroup(path: &Path) -> Result<(File, u64)> {
-    let cg = Cgroup::open(path)?;
-    Ok((cg.file, cg.id))
 }
 
 /// Decodes a record key and value read elsewhere (the migration).

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapHandle};
 
 use crate::abi::types;
@@ -180,9 +180,11 @@ fn scan_ns(ns: &Ns, root: &str, owners: &mut Owners, found: &mut Found) -> Resul
 }
 
 /// The maps of pin root `root` that `progs` hold, by name. Every program
-/// holds every map (`dp_keep_maps`), so any one of them is enough; when
-/// programs of two generations are found (a load killed half-way), the
-/// maps of the newest `pin_root` map win.
+/// holds every map of its build (`dp_keep_maps`), so any one of them is
+/// enough; when programs of two generations are found (a load killed
+/// half-way), the maps of the newest `pin_root` map win. A build before
+/// this one may not have had every map of this one: those are made by
+/// `load` as for any new map.
 pub fn maps_of(progs: &BTreeSet<u32>, root: &str) -> Result<BTreeMap<String, MapHandle>> {
     let mut best: Option<(u32, BTreeMap<String, MapHandle>)> = None;
     for &id in progs {
@@ -209,16 +211,7 @@ pub fn maps_of(progs: &BTreeSet<u32>, root: &str) -> Result<BTreeMap<String, Map
             best = Some((pin_root_id, maps));
         }
     }
-    let Some((_, maps)) = best else { return Ok(BTreeMap::new()) };
-    let missing: Vec<&str> = name::ALL.iter().copied().filter(|n| !maps.contains_key(*n)).collect();
-    if !missing.is_empty() {
-        bail!(
-            "the programs of {root} that are still attached do not hold the maps {} (another build?); \
-             run `datapathctl unload` to remove them",
-            missing.join(", ")
-        );
-    }
-    Ok(maps)
+    Ok(best.map(|(_, maps)| maps).unwrap_or_default())
 }
 
 /// Programs of the pin root still pinned under `progs/`, by id.
@@ -263,14 +256,16 @@ pub fn recover_maps(pins: &PinRoot) -> Result<Option<Recovery>> {
         found = Some(f);
     }
     let mut maps = maps_of(&progs, &root)?;
-    if maps.is_empty() {
-        return Ok(None);
-    }
     let mut repinned = Vec::new();
     for n in missing {
-        let mut m = maps.remove(n).expect("maps_of returns every map");
+        // A map the programs do not hold is new in this build: load makes
+        // it.
+        let Some(mut m) = maps.remove(n) else { continue };
         m.pin(pins.map(n)).with_context(|| format!("pinning map {}", pins.map(n).display()))?;
         repinned.push(n.to_string());
+    }
+    if repinned.is_empty() {
+        return Ok(None);
     }
     log::info!("pin root {root} was lost; pinned its maps again: {}", repinned.join(", "));
     Ok(Some(Recovery { repinned, found }))
