@@ -296,8 +296,10 @@ fn one_kind_per_interface_and_records_of_deleted_interfaces() {
     }
     ctl.ok(&["load"]);
     ctl.ok(&["-n", n, "attach", "host", "dpa"]);
-    ctl.ok(&["-n", n, "attach", "dnat", "dpb"]);
     let filters_a = tc_show(&ns, "filter show dev dpa ingress");
+    ctl.ok(&["-n", n, "attach", "host", "dpa"]); // attaching what is attached
+    assert_eq!(tc_show(&ns, "filter show dev dpa ingress"), filters_a, "attaching again changes nothing");
+    ctl.ok(&["-n", n, "attach", "dnat", "dpb"]);
     let filters_b = tc_show(&ns, "filter show dev dpb ingress");
     let before = attached(&ctl);
 
@@ -342,4 +344,16 @@ fn one_kind_per_interface_and_records_of_deleted_interfaces() {
     ctl.ok(&["-n", n, "detach", "host", "dpf"]);
     assert!(!attached(&ctl).iter().any(|a| a.1 == "dpf"), "the record of dpf is gone");
     assert_eq!(attached(&ctl).len(), 4, "dpa, dpb, dpd, dpe: {:?}", attached(&ctl));
+
+    // Host veths share the pin root's two filter blocks: one qdisc each,
+    // bound to them. Detaching one unbinds it and leaves the others' filters.
+    let (ingress, egress) = datapath::kernel::attach::shared_blocks(&ctl.root);
+    for v in ["dpa", "dpe"] {
+        let q = tc_show(&ns, &format!("qdisc show dev {v}"));
+        assert!(q.contains(&format!("ingress_block {ingress} egress_block {egress}")), "{v}: {q}");
+    }
+    ctl.ok(&["-n", n, "detach", "host", "dpe"]);
+    assert!(!tc_show(&ns, "qdisc show dev dpe").contains("clsact"), "dpe is unbound");
+    assert_eq!(tc_show(&ns, "filter show dev dpa ingress"), filters_a, "dpa keeps its filters");
+    assert!(tc_show(&ns, "filter show dev dpa egress").contains("tproxy_egress"));
 }

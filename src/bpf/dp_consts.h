@@ -129,6 +129,8 @@ enum dp_attach_flag {
 	DP_ATTACH_F_QDISC_CREATED = 1,	/* datapathctl created the clsact qdisc */
 	DP_ATTACH_F_XDP_NATIVE = 2,	/* guard runs in the driver (XDP) */
 	DP_ATTACH_F_XDP_GENERIC = 4,	/* guard runs in generic (skb) XDP */
+	DP_ATTACH_F_SHARED_BLOCKS = 8,	/* the clsact qdisc binds the pin root's
+					 * shared filter blocks */
 };
 
 /* guard: the classes a source is limited in, and why it is blocked. */

@@ -33,7 +33,7 @@ use crate::kernel::pins::PinRoot;
 use crate::maps::{name, Txn};
 use crate::net::netif;
 use crate::net::netns::{self, NetnsGuard};
-use crate::net::rtnl::Rtnl;
+use crate::net::rtnl::{Clsact, FilterAt, Rtnl};
 
 pub use crate::kernel::cgroup::cgroup2_root;
 
@@ -133,6 +133,25 @@ impl serde::Serialize for Kind {
 const QDISC_CREATED: u32 = types::dp_attach_flag::DP_ATTACH_F_QDISC_CREATED.0;
 const XDP_NATIVE: u32 = types::dp_attach_flag::DP_ATTACH_F_XDP_NATIVE.0;
 const XDP_GENERIC: u32 = types::dp_attach_flag::DP_ATTACH_F_XDP_GENERIC.0;
+const SHARED_BLOCKS: u32 = types::dp_attach_flag::DP_ATTACH_F_SHARED_BLOCKS.0;
+
+/// The shared TC blocks (ingress, egress) the host veths of pin root `root`
+/// bind their clsact qdiscs to, in every namespace. The host programs are
+/// then four filters per namespace, not four per veth: a new veth is one
+/// qdisc that binds them, and `load` replaces four filters. Block indices
+/// are per namespace; the index comes from the pin root's path, so two
+/// pin roots in one namespace take different blocks (should they ever
+/// meet, `attach` sees another pin root's programs in the block and gives
+/// the veth a block of its own).
+pub fn shared_blocks(root: &str) -> (u32, u32) {
+    let mut h: u32 = 0x811c9dc5;
+    for b in root.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    let base = 0xd47a_0000 | ((h & 0x7fff) << 1);
+    (base, base + 1)
+}
 const IFACE: u32 = types::dp_attach_kind::DP_ATTACH_IFACE.0;
 
 /// The XDP program that runs before a kind's TC programs (the guard before
@@ -414,11 +433,12 @@ fn same_iface(r: &Record, netns_name: &str, ifname: &str) -> bool {
     r.target == ifname && r.netns == netns_name
 }
 
-/// The filters with our handle at our slots of an interface.
-fn filters_at_our_slots(nl: &mut Rtnl, index: u32) -> Result<Vec<((bool, u16), u32)>> {
+/// The filters with our handle at our slots of an interface (whose clsact
+/// qdisc is `clsact`).
+fn filters_at_our_slots(nl: &mut Rtnl, index: u32, clsact: Option<Clsact>) -> Result<Vec<((bool, u16), u32)>> {
     let mut out = Vec::new();
     for (ingress, priority) in ALL_SLOTS {
-        if let Some(f) = nl.bpf_filter(index, ingress, priority, TC_HANDLE).map_err(rtnl_err)? {
+        if let Some(f) = nl.bpf_filter(FilterAt::of(index, ingress, clsact), priority, TC_HANDLE).map_err(rtnl_err)? {
             out.push(((ingress, priority), f.prog_id));
         }
     }
@@ -616,9 +636,23 @@ pub fn attach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &
         Some((p, _)) => xdp_ours(&iface, p, &mut owners, &root, recorded)?,
         None => None,
     };
-    let create = !nl.has_clsact(iface.index).map_err(rtnl_err)?;
+    let mut clsact = nl.clsact(iface.index).map_err(rtnl_err)?;
+    let create = clsact.is_none();
+    // A qdisc bound to shared blocks other than ours: their filters apply
+    // to every interface bound to them, which are not ours to change.
+    if let Some(c) = clsact {
+        let ours = shared_blocks(&root);
+        if (c.ingress_block != 0 || c.egress_block != 0) && (c.ingress_block, c.egress_block) != ours {
+            bail!(
+                "{}'s clsact qdisc is bound to shared blocks {} and {} of someone else; refusing to add filters to them",
+                cut(&iface.name),
+                c.ingress_block,
+                c.egress_block
+            );
+        }
+    }
     // Without a clsact qdisc there is no filter to look at.
-    let present = if create { Vec::new() } else { filters_at_our_slots(&mut nl, iface.index)? };
+    let mut present = if create { Vec::new() } else { filters_at_our_slots(&mut nl, iface.index, clsact)? };
     for ((ingress, priority), id) in &present {
         let Some(p) = owners.prog(*id) else { continue };
         let dir = if *ingress { "ingress" } else { "egress" };
@@ -643,8 +677,19 @@ pub fn attach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &
         }
     }
 
+    // A host veth without a clsact qdisc gets one bound to the shared
+    // blocks; one that has a qdisc of someone else's keeps it, and our
+    // filters go on it.
+    let shared = create && kind == Kind::Host;
     if create {
         flags |= QDISC_CREATED;
+    }
+    if shared {
+        flags |= SHARED_BLOCKS;
+    }
+    let mut prog_ids = Vec::new();
+    for fd in &fds {
+        prog_ids.push(crate::kernel::owner::prog_info(fd.as_fd())?.id);
     }
     // The record first: whatever happens next, it covers what is attached.
     txn.put(name::ATTACHMENTS, &key, &value(kind, ns_name, &iface.name, flags)?)?;
@@ -660,14 +705,36 @@ pub fn attach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &
             xdp_added = new;
             flags = (flags & !(XDP_NATIVE | XDP_GENERIC)) | mode.record_flag();
         }
-        if create {
+        if shared {
+            let (ingress, egress) = shared_blocks(&root);
+            created = nl.add_clsact_shared(iface.index, ingress, egress).map_err(rtnl_err)?;
+            clsact = Some(Clsact { ingress_block: ingress, egress_block: egress });
+            // The blocks hold the filters of the pin root's other veths
+            // already (then there is nothing to add), or nothing.
+            let now = filters_at_our_slots(&mut nl, iface.index, clsact)?;
+            if now.iter().any(|(_, id)| owners.prog(*id).is_none_or(|p| p.root.as_deref() != Some(root.as_str()))) {
+                // Another pin root's blocks: a block of the veth's own.
+                nl.del_clsact(iface.index).map_err(rtnl_err)?;
+                created = nl.add_clsact(iface.index).map_err(rtnl_err)?;
+                clsact = None;
+                flags &= !SHARED_BLOCKS;
+            } else {
+                present = now;
+            }
+        } else if create {
             created = nl.add_clsact(iface.index).map_err(rtnl_err)?;
         }
-        for (slot, fd) in kind.slots().iter().zip(&fds) {
-            let was = present.iter().any(|((i, p), _)| *i == slot.ingress && *p == slot.priority);
-            nl.replace_bpf_filter(iface.index, slot.ingress, slot.priority, TC_HANDLE, fd.as_raw_fd(), slot.prog)
-                .map_err(rtnl_err)?;
-            if !was {
+        for ((slot, fd), id) in kind.slots().iter().zip(&fds).zip(&prog_ids) {
+            let cur = present.iter().find(|((i, p), _)| *i == slot.ingress && *p == slot.priority);
+            if flags & SHARED_BLOCKS != 0 && cur.is_some_and(|(_, cur)| cur == id) {
+                // The shared block runs this very program.
+                continue;
+            }
+            let at = FilterAt::of(iface.index, slot.ingress, clsact);
+            nl.replace_bpf_filter(at, slot.priority, TC_HANDLE, fd.as_raw_fd(), slot.prog).map_err(rtnl_err)?;
+            // A filter of a shared block serves every veth bound to it: on
+            // failure the qdisc is unbound instead.
+            if cur.is_none() && flags & SHARED_BLOCKS == 0 {
                 added.push(slot);
             }
         }
@@ -675,7 +742,7 @@ pub fn attach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &
     })();
     if let Err(e) = result {
         for slot in added {
-            let _ = nl.del_filter(iface.index, slot.ingress, slot.priority, TC_HANDLE);
+            let _ = nl.del_filter(FilterAt::Dev { index: iface.index, ingress: slot.ingress }, slot.priority, TC_HANDLE);
         }
         if created {
             let _ = nl.del_clsact(iface.index);
@@ -730,6 +797,15 @@ fn detach_tc_filters(
     flags: u32,
     recorded: bool,
 ) -> Result<bool> {
+    // Bound to the pin root's shared blocks: unbinding removes the veth's
+    // filters; deleting them would take them from every veth.
+    if flags & SHARED_BLOCKS != 0 {
+        return nl.del_clsact(index).map_err(rtnl_err);
+    }
+    let clsact = nl.clsact(index).map_err(rtnl_err)?;
+    if !recorded && kind == Kind::Host && clsact.is_some_and(|c| (c.ingress_block, c.egress_block) == shared_blocks(root)) {
+        return nl.del_clsact(index).map_err(rtnl_err);
+    }
     let mut ours = |ingress: bool, f: &crate::net::rtnl::BpfFilter| {
         f.handle == TC_HANDLE
             && kind.slots().iter().any(|s| {
@@ -750,7 +826,7 @@ fn detach_tc_filters(
         let mut mine = Vec::new();
         let mut others = 0;
         for ingress in [true, false] {
-            for f in nl.bpf_filters(index, ingress).map_err(rtnl_err)? {
+            for f in nl.bpf_filters(FilterAt::of(index, ingress, clsact)).map_err(rtnl_err)? {
                 if ours(ingress, &f) {
                     mine.push((ingress, f.priority));
                 } else {
@@ -763,15 +839,16 @@ fn detach_tc_filters(
             return Ok(!mine.is_empty());
         }
         for (ingress, priority) in &mine {
-            nl.del_filter(index, *ingress, *priority, TC_HANDLE).map_err(rtnl_err)?;
+            nl.del_filter(FilterAt::of(index, *ingress, clsact), *priority, TC_HANDLE).map_err(rtnl_err)?;
         }
         return Ok(!mine.is_empty());
     }
     let mut any = false;
     for slot in kind.slots() {
-        if let Some(f) = nl.bpf_filter(index, slot.ingress, slot.priority, TC_HANDLE).map_err(rtnl_err)? {
+        let at = FilterAt::of(index, slot.ingress, clsact);
+        if let Some(f) = nl.bpf_filter(at, slot.priority, TC_HANDLE).map_err(rtnl_err)? {
             if ours(slot.ingress, &f) {
-                any |= nl.del_filter(index, slot.ingress, slot.priority, TC_HANDLE).map_err(rtnl_err)?;
+                any |= nl.del_filter(at, slot.priority, TC_HANDLE).map_err(rtnl_err)?;
             }
         }
     }
@@ -969,10 +1046,17 @@ pub fn replace_all(dp: &Datapath<'_>, pins: &PinRoot) -> Result<usize> {
             }
             continue;
         };
+        // The shared blocks' filters are replaced once, through the first
+        // veth bound to them.
+        let mut shared_done = false;
         for r in recs {
             let Some(kind) = r.kind.filter(|k| k.on_interface()) else { continue };
             if view.names.get(&r.ifindex) != Some(&r.target) {
                 records.remove(&r)?;
+                continue;
+            }
+            if r.flags & SHARED_BLOCKS != 0 && shared_done {
+                updated += 1;
                 continue;
             }
             // The guard first, as attach puts it: in place in the mode it
@@ -993,13 +1077,21 @@ pub fn replace_all(dp: &Datapath<'_>, pins: &PinRoot) -> Result<usize> {
                 }
             }
             let mut gone = false;
+            let blocks = shared_blocks(&root);
             for slot in kind.slots() {
                 let fd = dp.program(slot.prog)?.as_fd().as_raw_fd();
-                match view.nl.replace_bpf_filter(r.ifindex, slot.ingress, slot.priority, TC_HANDLE, fd, slot.prog) {
+                let at = if r.flags & SHARED_BLOCKS != 0 {
+                    FilterAt::Block(if slot.ingress { blocks.0 } else { blocks.1 })
+                } else {
+                    FilterAt::Dev { index: r.ifindex, ingress: slot.ingress }
+                };
+                match view.nl.replace_bpf_filter(at, slot.priority, TC_HANDLE, fd, slot.prog) {
                     Ok(()) => {}
                     // No clsact qdisc (removed by hand, or by a detach
-                    // that was killed before it removed the record).
-                    Err(e) if matches!(e.kind(), crate::net::rtnl::ErrorKind::NotFound | crate::net::rtnl::ErrorKind::Invalid) => {
+                    // that was killed before it removed the record), or
+                    // one bound to shared blocks since, which are not ours.
+                    Err(e) if matches!(e.kind(), crate::net::rtnl::ErrorKind::NotFound | crate::net::rtnl::ErrorKind::Invalid)
+                        || e.errno() == Some(nix::libc::EOPNOTSUPP) => {
                         gone = true;
                         break;
                     }
@@ -1010,6 +1102,7 @@ pub fn replace_all(dp: &Datapath<'_>, pins: &PinRoot) -> Result<usize> {
                 records.remove(&r)?;
             } else {
                 updated += 1;
+                shared_done |= r.flags & SHARED_BLOCKS != 0;
             }
         }
     }

@@ -23,7 +23,7 @@ use crate::kernel::owner::{self, Owners};
 use crate::kernel::pins::PinRoot;
 use crate::maps::name;
 use crate::net::netns::{self, NetnsGuard};
-use crate::net::rtnl::Rtnl;
+use crate::net::rtnl::{FilterAt, Rtnl};
 
 /// A network namespace the datapath can know of: the caller's ("" name)
 /// or a named one.
@@ -148,7 +148,7 @@ fn scan_ns(ns: &Ns, root: &str, owners: &mut Owners, found: &mut Found) -> Resul
     for link in nl.links().map_err(|e| anyhow::anyhow!("{e}"))? {
         let mut slots: BTreeMap<Kind, Vec<(bool, u16)>> = BTreeMap::new();
         for ingress in [true, false] {
-            for f in nl.bpf_filters(link.index, ingress).map_err(|e| anyhow::anyhow!("{e}"))? {
+            for f in nl.bpf_filters(FilterAt::Dev { index: link.index, ingress }).map_err(|e| anyhow::anyhow!("{e}"))? {
                 if f.handle != TC_HANDLE || !ALL_SLOTS.contains(&(ingress, f.priority)) {
                     continue;
                 }
@@ -309,10 +309,19 @@ pub fn remove_found(found: &Found, root: &str) -> Result<()> {
         }
         let mut nl = Rtnl::open().map_err(|e| anyhow::anyhow!("{e}"))?;
         for f in ifaces {
+            // A host veth bound to the pin root's shared blocks: unbinding
+            // it is removing its filters (deleting them would take them
+            // from every other veth, and leave the qdisc).
+            let c = nl.clsact(f.ifindex).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if f.kind == Kind::Host && c.is_some_and(|c| (c.ingress_block, c.egress_block) == attach::shared_blocks(root)) {
+                nl.del_clsact(f.ifindex).map_err(|e| anyhow::anyhow!("{e}"))?;
+                continue;
+            }
             for &(ingress, priority) in &f.slots {
-                if let Some(filter) = nl.bpf_filter(f.ifindex, ingress, priority, TC_HANDLE).map_err(|e| anyhow::anyhow!("{e}"))? {
+                let at = FilterAt::of(f.ifindex, ingress, c);
+                if let Some(filter) = nl.bpf_filter(at, priority, TC_HANDLE).map_err(|e| anyhow::anyhow!("{e}"))? {
                     if owners.prog(filter.prog_id).is_some_and(|p| p.root.as_deref() == Some(root)) {
-                        nl.del_filter(f.ifindex, ingress, priority, TC_HANDLE).map_err(|e| anyhow::anyhow!("{e}"))?;
+                        nl.del_filter(at, priority, TC_HANDLE).map_err(|e| anyhow::anyhow!("{e}"))?;
                     }
                 }
             }

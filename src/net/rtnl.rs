@@ -39,7 +39,7 @@ use nix::sched::{setns, CloneFlags};
 pub use addr::Addr;
 pub use link::{check_name, Link, LinkId, VethPair};
 pub use route::{Route, RouteScope};
-pub use tc::BpfFilter;
+pub use tc::{BpfFilter, Clsact, FilterAt};
 
 /// What kind of failure an [`Error`] is, for callers that branch on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
