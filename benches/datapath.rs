@@ -1191,7 +1191,7 @@ fn scale_bench(opts: &Opts) -> String {
         drop(host);
     }
     let s = format!(
-        "### Attachments at scale\n\nN containers attached (`attach host`: four filters each; host veths in one \
+        "### Attachments at scale\n\nN containers attached (`attach host`: each host veth's clsact qdisc bound to the pin root's shared filter blocks; host veths in one \
          namespace, their peers spread over four). Per container: `attach host` and `detach host` of one more, \
          median of {SPARE}, as whole `datapathctl` processes and as the library call alone (what `container \
          add` pays inside one process); `load` (median of 3) and `unload` with all N attached. Targets: attach \
