@@ -23,6 +23,9 @@ pub mod tproxy {
 pub mod guard {
     include!(concat!(env!("OUT_DIR"), "/guard.skel.rs"));
 }
+pub mod hostaccess {
+    include!(concat!(env!("OUT_DIR"), "/hostaccess.skel.rs"));
+}
 
 pub use dnat::types;
 
@@ -90,6 +93,10 @@ unsafe impl plain::Plain for types::guard_deny {}
 unsafe impl plain::Plain for types::guard_src4_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::guard_state {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::sock_rev4_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::sock_rev4_value {}
 
 // The C side asserts the same sizes (dp_types.h).
 const _: () = assert!(std::mem::size_of::<types::dnat4_key>() == 8);
@@ -121,6 +128,8 @@ const _: () = assert!(std::mem::size_of::<types::guard_lpm6>() == 20);
 const _: () = assert!(std::mem::size_of::<types::guard_deny>() == 16);
 const _: () = assert!(std::mem::size_of::<types::guard_src4_key>() == 8);
 const _: () = assert!(std::mem::size_of::<types::guard_state>() == 32);
+const _: () = assert!(std::mem::size_of::<types::sock_rev4_key>() == 16);
+const _: () = assert!(std::mem::size_of::<types::sock_rev4_value>() == 8);
 
 /// IP protocol of a published port or flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -387,6 +396,30 @@ impl types::flow_orig {
     }
 }
 
+impl types::sock_rev4_key {
+    pub fn new(cookie: u64, ctr_addr: Ipv4Addr, ctr_port: u16) -> Self {
+        Self { cookie, ctr_addr: be32(ctr_addr), ctr_port: ctr_port.to_be(), pad: 0 }
+    }
+    pub fn ctr_addr(&self) -> Ipv4Addr {
+        ip_of(self.ctr_addr)
+    }
+    pub fn ctr_port(&self) -> u16 {
+        u16::from_be(self.ctr_port)
+    }
+}
+
+impl types::sock_rev4_value {
+    pub fn new(addr: Ipv4Addr, port: u16) -> Self {
+        Self { addr: be32(addr), port: port.to_be(), pad: 0 }
+    }
+    pub fn addr(&self) -> Ipv4Addr {
+        ip_of(self.addr)
+    }
+    pub fn port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
 /// Views a map struct as the bytes the kernel stores.
 pub fn bytes_of<T: plain::Plain>(v: &T) -> &[u8] {
     // SAFETY: T is Plain (no pointers, no invalid bit patterns, explicit
@@ -444,8 +477,19 @@ pub fn stat_names_in(btf: &Btf<'_>) -> Result<Vec<String>> {
 }
 
 /// Pinned program names, in the order `status` shows them.
-pub const PROG_NAMES: [&str; 7] =
-    ["guard", "dnat", "snat", "arp", "tproxy_ingress", "tproxy_egress", "getsockopt"];
+pub const PROG_NAMES: [&str; 11] = [
+    "guard",
+    "dnat",
+    "snat",
+    "arp",
+    "tproxy_ingress",
+    "tproxy_egress",
+    "getsockopt",
+    "connect4",
+    "sendmsg4",
+    "recvmsg4",
+    "getpeername4",
+];
 
 /// Splits a counter name `DP_STAT_<PROGRAM>_<REASON>` into program and
 /// reason, matching the longest program name.
@@ -473,6 +517,7 @@ pub mod capacity {
     pub const FLOWS: u32 = C::DP_MAX_FLOWS.0;
     pub const PROXY_FLOWS: u32 = C::DP_MAX_PROXY_FLOWS.0;
     pub const HOST_FLOWS: u32 = C::DP_MAX_HOST_FLOWS.0;
+    pub const SOCK_REV: u32 = C::DP_MAX_SOCK_REV.0;
     pub const EXTERNALS: u32 = C::DP_MAX_EXTERNALS.0;
     pub const VETHS: u32 = C::DP_MAX_VETHS.0;
     pub const ATTACHMENTS: u32 = C::DP_MAX_ATTACHMENTS.0;

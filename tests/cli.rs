@@ -141,7 +141,7 @@ fn command_line_on_real_interfaces() {
 
     let st = ctl.json(&["status"]);
     assert_eq!(st["loaded"], true);
-    assert_eq!(st["programs"].as_array().unwrap().len(), 7);
+    assert_eq!(st["programs"].as_array().unwrap().len(), 11);
     let att = st["attachments"].as_array().unwrap();
     assert_eq!(att.len(), 2, "{st}");
     let fill = |name: &str| {

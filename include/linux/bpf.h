@@ -179,6 +179,22 @@ struct bpf_sockopt {
 	__s32 retval;
 };
 
+/* cgroup sock_addr programs (connect, sendmsg, recvmsg, getpeername):
+ * the address the process gave or is given. Ports are network order in
+ * the low 16 bits. */
+struct bpf_sock_addr {
+	__u32 user_family;
+	__u32 user_ip4;
+	__u32 user_ip6[4];
+	__u32 user_port;
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+	__u32 msg_src_ip4;
+	__u32 msg_src_ip6[4];
+	__bpf_md_ptr(struct bpf_sock *, sk);
+};
+
 /* XDP: the program's verdicts and its context. */
 enum xdp_action {
 	XDP_ABORTED = 0,

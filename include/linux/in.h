@@ -14,6 +14,7 @@ enum {
 #define AF_INET		2
 #define AF_INET6	10
 #define SOL_IP		0
+#define INADDR_LOOPBACK	0x7f000001	/* 127.0.0.1, host order */
 /* <linux/netfilter_ipv4.h>: what iptables' REDIRECT answers with. */
 #define SO_ORIGINAL_DST	80
 

@@ -16,6 +16,7 @@ enum dp_capacity {
 	DP_MAX_FLOWS = 262144,		/* flows4 */
 	DP_MAX_PROXY_FLOWS = 65536,	/* proxy_flows */
 	DP_MAX_HOST_FLOWS = 65536,	/* host_flows4 */
+	DP_MAX_SOCK_REV = 65536,	/* sock_rev4 */
 	DP_MAX_VETHS = 65536,
 	DP_MAX_EXTERNALS = 1024,
 	DP_MAX_ATTACHMENTS = 73728,	/* attachments, attach_names */
@@ -35,7 +36,9 @@ enum dp_default_port {
 
 /* One counter per verdict and reason, named DP_STAT_<PROGRAM>_<REASON> where
  * PROGRAM is the program's pinned name (dnat, snat, arp, tproxy_ingress,
- * tproxy_egress, getsockopt): datapathctl stats splits the names that way. */
+ * tproxy_egress, getsockopt, guard, connect4, sendmsg4, recvmsg4,
+ * getpeername4): datapathctl stats splits the names that way. The host
+ * access programs count calls (their bytes stay 0). */
 enum dp_stat {
 	DP_STAT_DNAT_REDIRECT,		/* published port: rewritten, to container */
 	DP_STAT_DNAT_MISS,		/* TCP/UDP to an unpublished port: passed */
@@ -93,6 +96,22 @@ enum dp_stat {
 	DP_STAT_GUARD_UDP_LIMITED,	/* UDP over its source's limit: dropped */
 	DP_STAT_GUARD_BLOCKED,		/* source blocked (--block-for): dropped */
 	DP_STAT_GUARD_STATE_ERROR,	/* source state not writable: passed */
+
+	DP_STAT_CONNECT4_REWRITTEN,	/* published: to the container */
+	DP_STAT_CONNECT4_UNPUBLISHED,	/* host socket, not published: untouched */
+	DP_STAT_CONNECT4_OTHER_NETNS,	/* not the host's namespace: untouched */
+	DP_STAT_CONNECT4_REV_ERROR,	/* rewritten, but sock_rev4 not written */
+
+	DP_STAT_SENDMSG4_REWRITTEN,	/* as connect4, per unconnected datagram */
+	DP_STAT_SENDMSG4_UNPUBLISHED,
+	DP_STAT_SENDMSG4_OTHER_NETNS,
+	DP_STAT_SENDMSG4_REV_ERROR,
+
+	DP_STAT_RECVMSG4_RESTORED,	/* source put back to what was asked */
+	DP_STAT_RECVMSG4_UNTOUCHED,	/* not from a rewritten destination */
+
+	DP_STAT_GETPEERNAME4_RESTORED,	/* peer put back to what was asked */
+	DP_STAT_GETPEERNAME4_UNTOUCHED,	/* not a rewritten connection */
 
 	DP_STAT_MAX,
 	/* Not a counter: a verdict that is counted by the next program in

@@ -37,6 +37,15 @@ struct {
 	__type(value, struct host_flow_value);
 } host_flows4 SEC(".maps");
 
+/* Host access: the destination a host socket asked for, by socket and
+ * the container endpoint it was sent to instead (LRU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DP_MAX_SOCK_REV);
+	__type(key, struct sock_rev4_key);
+	__type(value, struct sock_rev4_value);
+} sock_rev4 SEC(".maps");
+
 /* Packets, bytes and connections per published port (slot), per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -85,7 +94,8 @@ struct {
 	__type(value, struct dp_counter);
 } stats SEC(".maps");
 
-/* The mappings as the user gave them (user space only). */
+/* The mappings as the user gave them (user space; host access looks up
+ * default ones for 127.0.0.1). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, DP_MAX_PUBLISHED);
@@ -240,6 +250,7 @@ static __always_inline void dp_keep_maps(void)
 		dp_keep(dnat4);
 		dp_keep(flows4);
 		dp_keep(host_flows4);
+		dp_keep(sock_rev4);
 		dp_keep(port_stats);
 		dp_keep(host_cfg);
 		dp_keep(proxy_cfg);

@@ -80,7 +80,8 @@ struct host_config {
 	__u64 reserved;		/* zero */
 };
 
-/* mappings key (user space only): a mapping as the user gave it. */
+/* mappings key: a mapping as the user gave it. User space keeps it; host
+ * access looks up the default mappings in it for 127.0.0.1. */
 struct mapping_key {
 	__u8 family;
 	__u8 proto;
@@ -266,6 +267,22 @@ struct guard_state {
 	__u32 flags;		/* enum dp_guard_flag */
 };
 
+/* sock_rev4 key: a host socket host access sent to a container, and the
+ * container endpoint it sent it to. */
+struct sock_rev4_key {
+	__u64 cookie;		/* bpf_get_socket_cookie(): unique per boot */
+	__be32 ctr_addr;
+	__be16 ctr_port;
+	__u16 pad;
+};
+
+/* sock_rev4 value: the destination the process asked for. */
+struct sock_rev4_value {
+	__be32 addr;		/* an external address, or 127.0.0.1 */
+	__be16 port;		/* the published host port */
+	__u16 pad;
+};
+
 _Static_assert(sizeof(struct dnat4_key) == 8, "dnat4_key layout");
 _Static_assert(sizeof(struct dnat4_value) == 20, "dnat4_value layout");
 _Static_assert(sizeof(struct flow4_key) == 16, "flow4_key layout");
@@ -295,3 +312,5 @@ _Static_assert(sizeof(struct guard_lpm6) == 20, "guard_lpm6 layout");
 _Static_assert(sizeof(struct guard_deny) == 16, "guard_deny layout");
 _Static_assert(sizeof(struct guard_src4_key) == 8, "guard_src4_key layout");
 _Static_assert(sizeof(struct guard_state) == 32, "guard_state layout");
+_Static_assert(sizeof(struct sock_rev4_key) == 16, "sock_rev4_key layout");
+_Static_assert(sizeof(struct sock_rev4_value) == 8, "sock_rev4_value layout");

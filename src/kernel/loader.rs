@@ -1,4 +1,4 @@
-//! Loading the five objects, sharing and pinning their maps, and upgrading
+//! Loading the six objects, sharing and pinning their maps, and upgrading
 //! a running system in place.
 //!
 //! Every map is pinned under `<root>/maps/<name>` and handed to every
@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType, OpenObject, Program};
 
-use crate::abi::{arp, bytes_of, dnat, guard, snat, tproxy, types};
+use crate::abi::{arp, bytes_of, dnat, guard, hostaccess, snat, tproxy, types};
 use crate::kernel::pins::PinRoot;
 
 /// Storage for the open objects; owned by the caller, borrowed by
@@ -29,6 +29,7 @@ pub struct Objects {
     arp: MaybeUninit<OpenObject>,
     tproxy: MaybeUninit<OpenObject>,
     guard: MaybeUninit<OpenObject>,
+    hostaccess: MaybeUninit<OpenObject>,
 }
 
 impl Default for Objects {
@@ -39,6 +40,7 @@ impl Default for Objects {
             arp: MaybeUninit::uninit(),
             tproxy: MaybeUninit::uninit(),
             guard: MaybeUninit::uninit(),
+            hostaccess: MaybeUninit::uninit(),
         }
     }
 }
@@ -50,12 +52,13 @@ pub struct Datapath<'obj> {
     pub arp: arp::ArpSkel<'obj>,
     pub tproxy: tproxy::TproxySkel<'obj>,
     pub guard: guard::GuardSkel<'obj>,
+    pub hostaccess: hostaccess::HostaccessSkel<'obj>,
     maps: BTreeMap<String, MapHandle>,
     created: Vec<String>,
 }
 
 impl<'obj> Datapath<'obj> {
-    /// Opens and loads all five objects, reusing the maps pinned under
+    /// Opens and loads all six objects, reusing the maps pinned under
     /// `pins` where they exist. Pins nothing: see [`Datapath::pin_missing`].
     pub fn load(objs: &'obj mut Objects, pins: &PinRoot) -> Result<Self> {
         Self::load_from(objs, &pins.maps_dir(), &BTreeSet::new())
@@ -74,7 +77,14 @@ impl<'obj> Datapath<'obj> {
         let tproxy =
             load_one(tproxy::TproxySkelBuilder::default(), &mut objs.tproxy, &src, &mut maps, &mut created)?;
         let guard = load_one(guard::GuardSkelBuilder::default(), &mut objs.guard, &src, &mut maps, &mut created)?;
-        Ok(Self { dnat, snat, arp, tproxy, guard, maps, created })
+        let hostaccess = load_one(
+            hostaccess::HostaccessSkelBuilder::default(),
+            &mut objs.hostaccess,
+            &src,
+            &mut maps,
+            &mut created,
+        )?;
+        Ok(Self { dnat, snat, arp, tproxy, guard, hostaccess, maps, created })
     }
 
     /// A loaded program by its pinned name.
@@ -87,6 +97,10 @@ impl<'obj> Datapath<'obj> {
             "tproxy_egress" => &self.tproxy.progs.tproxy_egress,
             "getsockopt" => &self.tproxy.progs.getsockopt,
             "guard" => &self.guard.progs.guard,
+            "connect4" => &self.hostaccess.progs.connect4,
+            "sendmsg4" => &self.hostaccess.progs.sendmsg4,
+            "recvmsg4" => &self.hostaccess.progs.recvmsg4,
+            "getpeername4" => &self.hostaccess.progs.getpeername4,
             _ => bail!("no program named {name}"),
         })
     }

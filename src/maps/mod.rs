@@ -15,6 +15,7 @@ pub mod name {
     pub const DNAT4: &str = "dnat4";
     pub const FLOWS4: &str = "flows4";
     pub const HOST_FLOWS4: &str = "host_flows4";
+    pub const SOCK_REV4: &str = "sock_rev4";
     pub const PORT_STATS: &str = "port_stats";
     pub const HOST_CFG: &str = "host_cfg";
     pub const PROXY_CFG: &str = "proxy_cfg";
@@ -37,10 +38,11 @@ pub mod name {
     pub const GUARD_VSRC4: &str = "guard_vsrc4";
     pub const GUARD_VERIFIED4: &str = "guard_verified4";
     /// Every map of a pin root.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 25] = [
         DNAT4,
         FLOWS4,
         HOST_FLOWS4,
+        SOCK_REV4,
         PORT_STATS,
         HOST_CFG,
         PROXY_CFG,
