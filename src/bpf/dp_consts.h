@@ -141,6 +141,7 @@ enum dp_attach_kind {
 	DP_ATTACH_DNAT = 1,
 	DP_ATTACH_HOST = 2,
 	DP_ATTACH_GETSOCKOPT = 3,
+	DP_ATTACH_HOST_ACCESS = 4,
 };
 
 /* Flags of an attachment record. */

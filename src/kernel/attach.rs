@@ -69,10 +69,11 @@ pub enum Kind {
     Dnat,
     Host,
     Getsockopt,
+    HostAccess,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Dnat, Kind::Host, Kind::Getsockopt];
+    pub const ALL: [Kind; 4] = [Kind::Dnat, Kind::Host, Kind::Getsockopt, Kind::HostAccess];
 
     pub(crate) fn code(self) -> u32 {
         use types::dp_attach_kind as K;
@@ -80,6 +81,7 @@ impl Kind {
             Kind::Dnat => K::DP_ATTACH_DNAT.0,
             Kind::Host => K::DP_ATTACH_HOST.0,
             Kind::Getsockopt => K::DP_ATTACH_GETSOCKOPT.0,
+            Kind::HostAccess => K::DP_ATTACH_HOST_ACCESS.0,
         }
     }
 
@@ -92,6 +94,7 @@ impl Kind {
             Kind::Dnat => "dnat",
             Kind::Host => "host",
             Kind::Getsockopt => "getsockopt",
+            Kind::HostAccess => "host-access",
         }
     }
 
@@ -100,14 +103,16 @@ impl Kind {
         match self {
             Kind::Dnat => &DNAT_SLOTS,
             Kind::Host => &HOST_SLOTS,
-            Kind::Getsockopt => &[],
+            Kind::Getsockopt | Kind::HostAccess => &[],
         }
     }
 
-    /// The programs of a cgroup kind (none for an interface kind).
+    /// The programs of a cgroup kind (none for an interface kind), in the
+    /// order they are attached; they are detached in the reverse one.
     pub fn hooks(self) -> &'static [Hook] {
         match self {
             Kind::Getsockopt => &cgroup::GETSOCKOPT_HOOKS,
+            Kind::HostAccess => &cgroup::HOST_ACCESS_HOOKS,
             Kind::Dnat | Kind::Host => &[],
         }
     }
@@ -159,7 +164,7 @@ const IFACE: u32 = types::dp_attach_kind::DP_ATTACH_IFACE.0;
 pub fn xdp_prog(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Dnat => Some("guard"),
-        Kind::Host | Kind::Getsockopt => None,
+        Kind::Host | Kind::Getsockopt | Kind::HostAccess => None,
     }
 }
 
@@ -921,10 +926,15 @@ pub fn detach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &
     Ok(any)
 }
 
-/// `attach getsockopt [<path>]` (and every cgroup kind): the kind's
-/// programs on the cgroup, so they stay attached without any pin.
-/// Attaching again replaces them in place.
-pub fn attach_cgroup(pins: &PinRoot, kind: Kind, path: Option<&Path>) -> Result<PathBuf> {
+/// `attach getsockopt [<path>]` and `attach host-access [<path>]` (every
+/// cgroup kind): the kind's programs on the cgroup, so they stay attached
+/// without any pin. Attaching again replaces them in place.
+///
+/// Host access rewrites the sockets of one network namespace, the host's:
+/// the one datapathctl runs in, or `netns` (`-n`). Its cookie is written to
+/// `host_cfg` in the same transaction as the record, before any program is
+/// attached. Other kinds ignore `netns`: a cgroup belongs to no namespace.
+pub fn attach_cgroup(pins: &PinRoot, kind: Kind, path: Option<&Path>, netns: Option<&str>) -> Result<PathBuf> {
     pins.require_loaded()?;
     let cg_path = match path {
         Some(p) => p.to_path_buf(),
@@ -935,11 +945,20 @@ pub fn attach_cgroup(pins: &PinRoot, kind: Kind, path: Option<&Path>) -> Result<
     for hook in kind.hooks() {
         progs.push(obj_get(&pins.prog(hook.prog))?);
     }
+    let host_cookie = match kind {
+        Kind::HostAccess => Some(netns::cookie(netns)?),
+        _ => None,
+    };
     let root = pins.root().display().to_string();
     let mut owners = Owners::new();
     let mut txn = Txn::begin(pins)?;
     let target = cg_path.to_string_lossy().into_owned();
     txn.put(name::ATTACHMENTS, &cgroup_key(kind, cg.id), &value(kind, "", &target, 0)?)?;
+    if let Some(cookie) = host_cookie {
+        let mut cfg: types::host_config = txn.get(name::HOST_CFG, &0u32)?.unwrap_or_default();
+        cfg.netns_cookie = cookie;
+        txn.put(name::HOST_CFG, &0u32, &cfg)?;
+    }
     let mut added = Vec::new();
     let result = (|| -> Result<()> {
         for (hook, prog) in kind.hooks().iter().zip(&progs) {
@@ -959,8 +978,10 @@ pub fn attach_cgroup(pins: &PinRoot, kind: Kind, path: Option<&Path>) -> Result<
     Ok(cg_path)
 }
 
-/// `detach getsockopt [<path>]`: detaches exactly the pin root's programs
-/// of the kind from the cgroup; others' programs at the same hooks stay.
+/// `detach getsockopt [<path>]`, `detach host-access [<path>]`: detaches
+/// exactly the pin root's programs of the kind from the cgroup; others'
+/// programs at the same hooks stay. `host_cfg` keeps the host's cookie (other
+/// cgroups may still have host access).
 pub fn detach_cgroup(pins: &PinRoot, kind: Kind, path: Option<&Path>) -> Result<bool> {
     let cg_path = match path {
         Some(p) => p.to_path_buf(),
@@ -970,7 +991,7 @@ pub fn detach_cgroup(pins: &PinRoot, kind: Kind, path: Option<&Path>) -> Result<
     let root = pins.root().display().to_string();
     let mut owners = Owners::new();
     let mut any = false;
-    for hook in kind.hooks() {
+    for hook in kind.hooks().iter().rev() {
         any |= cg.remove(hook, &mut owners, &root)?;
     }
     any |= remove_legacy_link(pins, kind, cg.id)?;
@@ -1152,7 +1173,7 @@ pub fn detach_all(pins: &PinRoot, records: &Records) -> Result<()> {
         let Some(kind) = r.kind else { continue };
         if let Ok(cg) = Cgroup::open(Path::new(&r.target)) {
             if cg.id == r.id {
-                for hook in kind.hooks() {
+                for hook in kind.hooks().iter().rev() {
                     cg.remove(hook, &mut owners, &root)?;
                 }
             }

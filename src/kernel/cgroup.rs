@@ -33,6 +33,16 @@ pub struct Hook {
 /// cgroup/getsockopt: SO_ORIGINAL_DST for the proxy.
 pub const GETSOCKOPT_HOOKS: [Hook; 1] = [Hook { prog: "getsockopt", attach_type: libbpf_sys::BPF_CGROUP_GETSOCKOPT }];
 
+/// Host access: the programs that show a socket what it asked for first,
+/// the ones that rewrite last. Detached in the reverse order, so a socket
+/// is only ever rewritten while getpeername and recvmsg are restored.
+pub const HOST_ACCESS_HOOKS: [Hook; 4] = [
+    Hook { prog: "getpeername4", attach_type: libbpf_sys::BPF_CGROUP_INET4_GETPEERNAME },
+    Hook { prog: "recvmsg4", attach_type: libbpf_sys::BPF_CGROUP_UDP4_RECVMSG },
+    Hook { prog: "sendmsg4", attach_type: libbpf_sys::BPF_CGROUP_UDP4_SENDMSG },
+    Hook { prog: "connect4", attach_type: libbpf_sys::BPF_CGROUP_INET4_CONNECT },
+];
+
 const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
 
 fn errno(rc: i32) -> std::io::Error {

@@ -332,7 +332,7 @@ pub fn remove_found(found: &Found, root: &str) -> Result<()> {
     }
     for c in &found.cgroups {
         if let Ok(cg) = Cgroup::open(&c.path) {
-            for hook in c.kind.hooks() {
+            for hook in c.kind.hooks().iter().rev() {
                 cg.remove(hook, &mut owners, root)?;
             }
         }

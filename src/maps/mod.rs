@@ -419,6 +419,38 @@ pub fn host_flows(pins: &PinRoot) -> Result<Vec<HostFlow>> {
         .collect())
 }
 
+/// A host socket that host access sent to a container (`sock_rev4`): what
+/// it asked for, and where it went.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HostSocket {
+    /// The socket's cookie (`SO_COOKIE`).
+    pub cookie: u64,
+    pub ctr_ip: Ipv4Addr,
+    pub ctr_port: u16,
+    /// The address it asked for: an external address or 127.0.0.1.
+    pub asked_ip: Ipv4Addr,
+    pub asked_port: u16,
+}
+
+/// Every entry of `sock_rev4`.
+pub fn host_sockets(pins: &PinRoot) -> Result<Vec<HostSocket>> {
+    Ok(entries::<types::sock_rev4_key, types::sock_rev4_value>(&open(pins, name::SOCK_REV4)?)?
+        .into_iter()
+        .map(|(k, v)| HostSocket {
+            cookie: k.cookie,
+            ctr_ip: k.ctr_addr(),
+            ctr_port: k.ctr_port(),
+            asked_ip: v.addr(),
+            asked_port: v.port(),
+        })
+        .collect())
+}
+
+/// `host_cfg`, the host's facts (one entry).
+pub fn host_config(pins: &PinRoot) -> Result<types::host_config> {
+    Ok(lookup::<_, types::host_config>(&open(pins, name::HOST_CFG)?, &0u32)?.unwrap_or_default())
+}
+
 /// The counters of one published port (slot), summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PortCounters {

@@ -80,3 +80,36 @@ pub fn current_inode() -> Result<u64> {
         .context("reading the current network namespace")?
         .ino())
 }
+
+/// The cookie of network namespace `name` (None: the calling thread's), as
+/// `bpf_get_netns_cookie()` sees it: `SO_NETNS_COOKIE` on a socket made
+/// there (Linux 5.14 and newer).
+pub fn cookie(name: Option<&str>) -> Result<u64> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+
+    let _in = NetnsGuard::enter(name)?;
+    let s = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+        .context("making a socket to read the network namespace's cookie")?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
+    // SAFETY: valid descriptor; cookie and len are live out pointers, and
+    // len holds cookie's size.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            s.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            nix::libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(nix::libc::ENOPROTOOPT) {
+            bail!("reading the network namespace's cookie needs Linux 5.14 or newer (SO_NETNS_COOKIE)");
+        }
+        return Err(e).context("reading the network namespace's cookie (SO_NETNS_COOKIE)");
+    }
+    Ok(cookie)
+}

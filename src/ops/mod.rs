@@ -177,15 +177,25 @@ pub fn detach_tc(pins: &PinRoot, netns: Option<&str>, kind: Kind, iface: &str) -
     attach::detach_tc(pins, netns, kind, iface).map(|_| ())
 }
 
-pub fn attach_getsockopt(pins: &PinRoot, path: Option<&Path>) -> Result<()> {
+/// `attach getsockopt` and `attach host-access` (a cgroup `kind`); `netns`
+/// is the host's network namespace for host access.
+pub fn attach_cgroup(pins: &PinRoot, netns: Option<&str>, kind: Kind, path: Option<&Path>) -> Result<()> {
     pins.require_loaded()?;
     let _lock = pins.lock()?;
-    attach::attach_cgroup(pins, Kind::Getsockopt, path).map(|_| ())
+    attach::attach_cgroup(pins, kind, path, netns).map(|_| ())
+}
+
+pub fn detach_cgroup(pins: &PinRoot, kind: Kind, path: Option<&Path>) -> Result<()> {
+    let _lock = if pins.root().exists() { Some(pins.lock()?) } else { None };
+    attach::detach_cgroup(pins, kind, path).map(|_| ())
+}
+
+pub fn attach_getsockopt(pins: &PinRoot, path: Option<&Path>) -> Result<()> {
+    attach_cgroup(pins, None, Kind::Getsockopt, path)
 }
 
 pub fn detach_getsockopt(pins: &PinRoot, path: Option<&Path>) -> Result<()> {
-    let _lock = if pins.root().exists() { Some(pins.lock()?) } else { None };
-    attach::detach_cgroup(pins, Kind::Getsockopt, path).map(|_| ())
+    detach_cgroup(pins, Kind::Getsockopt, path)
 }
 
 /// Arguments of `map dnat add`, as typed.

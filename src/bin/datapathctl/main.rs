@@ -170,6 +170,14 @@ enum AttachCmd {
         /// cgroup v2 directory; default: the cgroup v2 root.
         cgroup: Option<PathBuf>,
     },
+    /// Host processes reach published ports (connect4, sendmsg4, recvmsg4,
+    /// getpeername4 on a cgroup); the host's network namespace is this
+    /// one, or -n's.
+    #[command(name = "host-access")]
+    HostAccess {
+        /// cgroup v2 directory; default: the cgroup v2 root.
+        cgroup: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -480,12 +488,14 @@ fn run(cli: Cli) -> Result<()> {
             AttachCmd::Dnat { iface } => ops::attach_tc(&pins, ns, Kind::Dnat, &iface),
             AttachCmd::Host { iface } => ops::attach_tc(&pins, ns, Kind::Host, &iface),
             AttachCmd::Getsockopt { cgroup } => ops::attach_getsockopt(&pins, cgroup.as_deref()),
+            AttachCmd::HostAccess { cgroup } => ops::attach_cgroup(&pins, ns, Kind::HostAccess, cgroup.as_deref()),
         }
         .and_then(|()| ok(json)),
         Cmd::Detach { what } => match what {
             AttachCmd::Dnat { iface } => ops::detach_tc(&pins, ns, Kind::Dnat, &iface),
             AttachCmd::Host { iface } => ops::detach_tc(&pins, ns, Kind::Host, &iface),
             AttachCmd::Getsockopt { cgroup } => ops::detach_getsockopt(&pins, cgroup.as_deref()),
+            AttachCmd::HostAccess { cgroup } => ops::detach_cgroup(&pins, Kind::HostAccess, cgroup.as_deref()),
         }
         .and_then(|()| ok(json)),
         Cmd::Map { map } => match map {
