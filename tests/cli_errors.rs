@@ -211,6 +211,9 @@ fn rows() -> Vec<Row> {
         row("attach getsockopt: not a cgroup", &["attach", "getsockopt", "/tmp"], "/tmp"),
         row("attach getsockopt: no such path", &["attach", "getsockopt", "/nonexistent/cgroup"], "/nonexistent/cgroup"),
         row("detach getsockopt: no such path", &["detach", "getsockopt", "/nonexistent/cgroup"], "/nonexistent/cgroup"),
+        row("attach host-access: not a cgroup", &["attach", "host-access", "/tmp"], "/tmp"),
+        row("attach host-access: no such path", &["attach", "host-access", "/nonexistent/cgroup"], "/nonexistent/cgroup"),
+        row("detach host-access: no such path", &["detach", "host-access", "/nonexistent/cgroup"], "/nonexistent/cgroup"),
         // Protocols.
         a("dnat add: --proto sctp", dnat_add("30010", "10.0.0.3", "dpv0", MAC, &["--proto", "sctp"]), "sctp"),
         row("dnat del: --proto icmp", &["map", "dnat", "del", "30001", "--proto", "icmp"], "icmp"),
@@ -254,6 +257,7 @@ fn rows() -> Vec<Row> {
         ("not loaded: attach dnat", vec!["attach", "dnat", "dpext"], "load"),
         ("not loaded: attach host", vec!["attach", "host", "dpv0"], "load"),
         ("not loaded: attach getsockopt", vec!["attach", "getsockopt"], "load"),
+        ("not loaded: attach host-access", vec!["attach", "host-access"], "load"),
     ] {
         v.push(Row { name, root: Root::Missing, netns: true, nobody: false, args: args.iter().map(|s| s.to_string()).collect(), says });
     }

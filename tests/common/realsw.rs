@@ -668,7 +668,23 @@ impl McClientReport {
 /// printed none.
 #[track_caller]
 pub fn mc_client(ns: &str, server: SocketAddr, username: &str, play: Duration) -> McClientReport {
+    mc_client_in(ns, None, server, username, play)
+}
+
+/// [`mc_client`] as a process of `cgroup` (a host process where host
+/// access is attached, say).
+#[track_caller]
+pub fn mc_client_in(
+    ns: &str,
+    cgroup: Option<&Path>,
+    server: SocketAddr,
+    username: &str,
+    play: Duration,
+) -> McClientReport {
     let mut c = Tools::get().node(ns, "client.js");
+    if let Some(cg) = cgroup {
+        c.in_cgroup(cg);
+    }
     c.args(["--host", &server.ip().to_string(), "--port", &server.port().to_string(), "--username", username]);
     c.args(["--play", &format!("{}", play.as_secs_f64()), "--timeout", &CLIENT_TIMEOUT.as_secs().to_string()]);
     let out = c.run(CLIENT_TIMEOUT + play + Duration::from_secs(10));
@@ -723,8 +739,17 @@ pub struct McStatus {
 /// address: Bedrock over IPv6 needs another client.)
 #[track_caller]
 pub fn mcstatus(ns: &str, edition: McEdition, server: SocketAddr) -> McStatus {
+    mcstatus_in(ns, None, edition, server)
+}
+
+/// [`mcstatus`] as a process of `cgroup`.
+#[track_caller]
+pub fn mcstatus_in(ns: &str, cgroup: Option<&Path>, edition: McEdition, server: SocketAddr) -> McStatus {
     let t = Tools::get();
     let mut c = NsCmd::new(ns, t.python());
+    if let Some(cg) = cgroup {
+        c.in_cgroup(cg);
+    }
     let kind = if edition == McEdition::Java { "java" } else { "bedrock" };
     c.arg(t.scripts.join("mcstatus_probe.py")).args([kind, &server.ip().to_string(), &server.port().to_string(), "5"]);
     let out = c.run(CLIENT_TIMEOUT);

@@ -119,6 +119,50 @@ impl Ctl {
     }
 }
 
+impl Ctl {
+    /// The pinned programs of these names (`status --json`): (name, id),
+    /// sorted.
+    #[track_caller]
+    pub fn pinned_programs(&self, names: &[&str]) -> Vec<(String, u64)> {
+        let st = self.json(&["status"]);
+        let mut progs: Vec<(String, u64)> = st["programs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("`status --json` lists no programs: {st}"))
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap_or("").to_string(), p["id"].as_u64().unwrap_or(0)))
+            .filter(|(n, _)| names.contains(&n.as_str()))
+            .collect();
+        progs.sort();
+        progs
+    }
+}
+
+/// The programs `attach host-access` puts on a cgroup, sorted.
+pub const HOST_ACCESS_PROGS: [&str; 4] = ["connect4", "getpeername4", "recvmsg4", "sendmsg4"];
+
+/// Programs of these names attached to cgroup `cg` itself (not inherited
+/// ones), as `bpftool cgroup show` lists them: (name, id), sorted.
+#[track_caller]
+pub fn cgroup_programs(cg: &Path, names: &[&str]) -> Vec<(String, u64)> {
+    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(cg).output().expect("running bpftool");
+    assert!(out.status.success(), "bpftool cgroup show {}: {}", cg.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = if text.trim().is_empty() {
+        serde_json::Value::Array(Vec::new())
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bpftool printed no JSON ({e}): {text}"))
+    };
+    let mut progs: Vec<(String, u64)> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("bpftool printed no array: {v}"))
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap_or("").to_string(), p["id"].as_u64().unwrap_or(0)))
+        .filter(|(n, _)| names.contains(&n.as_str()))
+        .collect();
+    progs.sort();
+    progs
+}
+
 impl Drop for Ctl {
     fn drop(&mut self) {
         if !self.root.exists() {
@@ -399,15 +443,41 @@ impl Topo {
         self.ctrs[i].wired = false;
     }
 
-    /// Creates the proxy's cgroup under the cgroup v2 mount and attaches
-    /// getsockopt to it.
-    pub fn proxy_cgroup(&mut self) -> PathBuf {
+    /// The test's own cgroup under the cgroup v2 mount (made on first use,
+    /// removed on drop): the proxy's and the host processes' sockets are
+    /// made in it, and the datapath's cgroup programs go on it, never on
+    /// the root.
+    pub fn own_cgroup(&mut self) -> PathBuf {
+        if let Some(dir) = &self.cgroup {
+            return dir.clone();
+        }
         let root = datapath::kernel::attach::cgroup2_root().expect("cgroup v2 mount");
         let dir = root.join(format!("dpe{}", self.id));
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
         self.cgroup = Some(dir.clone());
+        dir
+    }
+
+    /// The test's cgroup with getsockopt attached: the proxy's.
+    pub fn proxy_cgroup(&mut self) -> PathBuf {
+        let dir = self.own_cgroup();
         self.ctl.run(&["attach", "getsockopt", dir.to_str().unwrap()]);
         dir
+    }
+
+    /// The test's cgroup with host access attached, for the sockets of the
+    /// host namespace (`-n`: the namespace whose cookie it records).
+    pub fn host_access_cgroup(&mut self) -> PathBuf {
+        let dir = self.own_cgroup();
+        self.ctl.run(&["-n", &self.host, "attach", "host-access", dir.to_str().unwrap()]);
+        dir
+    }
+
+    /// Unbound sockets of a host process in the test's cgroup (see
+    /// [`client_sockets_in_cgroup`]).
+    pub fn host_sockets(&self, kinds: &[Kind]) -> Vec<OwnedFd> {
+        let cg = self.cgroup.as_ref().expect("own_cgroup() first");
+        client_sockets_in_cgroup(&self.host, cg, kinds)
     }
 
     /// Listening sockets of the proxy on the host, made by a process in
@@ -491,16 +561,37 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
 /// system calls on buffers prepared beforehand: the parent has other
 /// threads, and any of them may hold the allocator's lock at fork time.
 pub fn sockets_in_cgroup(ns: &str, cgroup: &Path, specs: &[(Kind, u16)]) -> Vec<OwnedFd> {
-    const MAX: usize = 8;
-    assert!(specs.len() <= MAX, "at most {MAX} sockets at a time");
-    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
-    let plan: Vec<(libc::c_int, libc::sockaddr_in)> = specs
+    let plan = specs
         .iter()
-        .map(|(k, port)| {
-            let ty = if *k == Kind::Tcp { libc::SOCK_STREAM } else { libc::SOCK_DGRAM };
-            (ty, sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, *port)))
-        })
+        .map(|(k, port)| (socket_type(*k), Some(sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, *port)))))
         .collect();
+    make_sockets_in_cgroup(ns, cgroup, plan)
+}
+
+/// Unbound sockets in namespace `ns`, made by a short-lived child process
+/// in `cgroup` (see [`sockets_in_cgroup`]): the sockets of a host process
+/// in that cgroup, which the test then connects or sends from. The cgroup
+/// programs that see a socket's calls are those of the cgroup it was made
+/// in, whoever calls.
+pub fn client_sockets_in_cgroup(ns: &str, cgroup: &Path, kinds: &[Kind]) -> Vec<OwnedFd> {
+    make_sockets_in_cgroup(ns, cgroup, kinds.iter().map(|k| (socket_type(*k), None)).collect())
+}
+
+fn socket_type(k: Kind) -> libc::c_int {
+    if k == Kind::Tcp {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
+    }
+}
+
+/// Sockets of the given types made in `ns` by a child in `cgroup`; each is
+/// bound to its address (and a TCP one listens) if it has one.
+fn make_sockets_in_cgroup(ns: &str, cgroup: &Path, plan: Vec<(libc::c_int, Option<libc::sockaddr_in>)>) -> Vec<OwnedFd> {
+    const MAX: usize = 8;
+    assert!(plan.len() <= MAX, "at most {MAX} sockets at a time");
+    let n = plan.len();
+    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     // The child's message: one byte, and the descriptors as SCM_RIGHTS.
     let mut cmsg_buf = [0u64; 16];
@@ -529,11 +620,11 @@ pub fn sockets_in_cgroup(ns: &str, cgroup: &Path, specs: &[(Kind, u16)]) -> Vec<
     assert_eq!(
         code,
         0,
-        "the helper making the proxy's sockets in cgroup {} failed at step {code} \
+        "the helper making sockets in cgroup {} failed at step {code} \
          (1: join cgroup, 2: socket, 3: bind, 4: listen, 5: send)",
         cgroup.display()
     );
-    receive_fds(&ours, specs.len())
+    receive_fds(&ours, n)
 }
 
 /// The child side of [`sockets_in_cgroup`].
@@ -542,7 +633,7 @@ pub fn sockets_in_cgroup(ns: &str, cgroup: &Path, specs: &[(Kind, u16)]) -> Vec<
 /// Must only be called in a freshly forked child; never returns.
 unsafe fn child_make_sockets(
     procs: &CString,
-    plan: &[(libc::c_int, libc::sockaddr_in)],
+    plan: &[(libc::c_int, Option<libc::sockaddr_in>)],
     sock: RawFd,
     cmsg_buf: &mut [u64; 16],
     one: &libc::c_int,
@@ -559,6 +650,8 @@ unsafe fn child_make_sockets(
         if s < 0 {
             fail(2);
         }
+        fds[i] = s;
+        let Some(addr) = addr else { continue };
         libc::setsockopt(
             s,
             libc::SOL_SOCKET,
@@ -577,7 +670,6 @@ unsafe fn child_make_sockets(
         if *ty == libc::SOCK_STREAM && libc::listen(s, 128) != 0 {
             fail(4);
         }
-        fds[i] = s;
     }
     let n = plan.len();
     let data_len = (n * std::mem::size_of::<libc::c_int>()) as libc::c_uint;
@@ -611,7 +703,7 @@ fn receive_fds(sock: &UnixStream, n: usize) -> Vec<OwnedFd> {
     msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
     // SAFETY: msg points at live buffers of the sizes given.
     let rc = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    assert_eq!(rc, 1, "receiving the proxy's sockets: {}", io::Error::last_os_error());
+    assert_eq!(rc, 1, "receiving the sockets made in the cgroup: {}", io::Error::last_os_error());
     // SAFETY: the kernel filled msg_control; the header walk stays inside it.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -694,6 +786,57 @@ pub fn tcp_connect_from(ns: &str, local: SocketAddr, to: SocketAddr, timeout: Du
         s.set_write_timeout(Some(IO_TIMEOUT))?;
         Ok(s)
     })
+}
+
+/// Connects a TCP socket made elsewhere (e.g. in a cgroup, see
+/// [`client_sockets_in_cgroup`]) to `to`, giving up after `timeout`; the
+/// stream gets the default I/O timeouts.
+pub fn connect_fd(fd: OwnedFd, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let to = sockaddr_in(v4(to));
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as _, tv_usec: timeout.subsec_micros() as _ };
+    // SAFETY: valid descriptor; the option and the address point at live
+    // locals of the sizes given.
+    unsafe {
+        // A blocking connect gives up after SO_SNDTIMEO.
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        ) != 0
+            || libc::connect(
+                fd.as_raw_fd(),
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
+/// SO_COOKIE: the socket's cookie, as `bpf_get_socket_cookie()` sees it.
+pub fn socket_cookie(fd: &impl AsRawFd) -> u64 {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid descriptor; cookie and len are live out pointers and
+    // len holds cookie's size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "SO_COOKIE: {}", io::Error::last_os_error());
+    cookie
 }
 
 /// Waits up to `timeout` for `fd` to become readable.
