@@ -4,8 +4,9 @@
 //!    fixed-point fixtures, with 1 entry and with 65,536 entries per map;
 //! 2. end to end in network namespaces: TCP request/response rate over one
 //!    connection, new connections per second and iperf3 throughput, player
-//!    -> published port -> container, for this datapath, iptables DNAT +
-//!    MASQUERADE, and a direct veth (the floor);
+//!    -> published port -> container, for this datapath (host access
+//!    attached to the benchmark's cgroup, as `setup` attaches it to the
+//!    root), iptables DNAT + MASQUERADE, and a direct veth (the floor);
 //! 3. the guard: its ns/packet on each path next to the dnat hit it runs
 //!    before, the per-source state a spoofed flood leaves to verified and
 //!    unverified bots, and the CPU the host spends on a bot SYN flood with
@@ -445,14 +446,39 @@ struct Topo {
     ctr: TestNs,
     target: SocketAddr,
     root: Option<String>,
+    /// The datapath's set-up runs the benchmark process in a cgroup of its
+    /// own with host access attached, as `setup` attaches it to the root:
+    /// every connect() of the player pays for it. (cgroup, the one the
+    /// process came from.)
+    cgroup: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Drop for Topo {
     fn drop(&mut self) {
+        if let Some((_, from)) = &self.cgroup {
+            move_self_to(from);
+        }
         if let Some(root) = &self.root {
             let _ = Command::new(env!("CARGO_BIN_EXE_datapathctl")).arg("unload").env("DATAPATH_PIN_ROOT", root).status();
         }
+        if let Some((cg, _)) = &self.cgroup {
+            let _ = std::fs::remove_dir(cg);
+        }
     }
+}
+
+/// Moves this whole process (every thread) into cgroup v2 directory `cg`.
+fn move_self_to(cg: &std::path::Path) {
+    std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
+        .unwrap_or_else(|e| panic!("moving the benchmark into cgroup {}: {e}", cg.display()));
+}
+
+/// The cgroup v2 directory this process is in.
+fn own_cgroup() -> std::path::PathBuf {
+    let mount = datapath::kernel::attach::cgroup2_root().expect("cgroup v2 mount");
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("reading /proc/self/cgroup");
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line in /proc/self/cgroup");
+    mount.join(rel.trim_start_matches('/'))
 }
 
 fn ctl(root: &str, args: &[&str]) {
@@ -478,7 +504,7 @@ fn topo(setup: Setup) -> Topo {
         player.ip("link set p0 up");
         ctr.ip("addr add 10.77.0.3/24 dev eth0");
         ctr.ip("link set eth0 up");
-        return Topo { player, _host: None, ctr, target: "10.77.0.3:25565".parse().unwrap(), root: None };
+        return Topo { player, _host: None, ctr, target: "10.77.0.3:25565".parse().unwrap(), root: None, cgroup: None };
     }
     let host = TestNs::new();
     host.ip(&format!("link add ext0 type veth peer name p0 netns {}", player.name));
@@ -495,6 +521,7 @@ fn topo(setup: Setup) -> Topo {
     ctr.ip("route add 10.99.0.1/32 dev eth0");
     ctr.ip("route add default via 10.99.0.1 dev eth0");
     let mut root = None;
+    let mut cgroup = None;
     match setup {
         Setup::Iptables => {
             nsexec(&host, "sysctl -qw net.ipv4.ip_forward=1");
@@ -512,10 +539,16 @@ fn topo(setup: Setup) -> Topo {
             ctl(&r, &["-n", h, "attach", "host", "hv0"]);
             let mac = datapath::net::netif::format_mac(&ctr.iface("eth0").1);
             ctl(&r, &["-n", h, "map", "dnat", "add", "30001", "10.99.0.2", "hv0", &mac]);
+            let from = own_cgroup();
+            let cg = datapath::kernel::attach::cgroup2_root().expect("cgroup v2 mount").join(unique("dpb"));
+            std::fs::create_dir(&cg).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cg.display()));
+            cgroup = Some((cg.clone(), from));
+            ctl(&r, &["-n", h, "attach", "host-access", cg.to_str().unwrap()]);
+            move_self_to(&cg);
         }
         Setup::Direct => unreachable!(),
     }
-    Topo { player, _host: Some(host), ctr, target: "10.98.0.1:30001".parse().unwrap(), root }
+    Topo { player, _host: Some(host), ctr, target: "10.98.0.1:30001".parse().unwrap(), root, cgroup }
 }
 
 /// Runs `f` on a thread inside a network namespace.
@@ -586,8 +619,14 @@ fn rr(t: &Topo, secs: f64) -> f64 {
     n
 }
 
-/// New connection, 1-byte request and response, close: connections/s.
+/// New connection, 1-byte request and response, close: connections/s,
+/// from the player.
 fn crr(t: &Topo, secs: f64) -> f64 {
+    crr_from(t, &t.player.name, t.target, secs)
+}
+
+/// [`crr`] from namespace `client` to `target`.
+fn crr_from(t: &Topo, client: &str, target: SocketAddr, secs: f64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(Barrier::new(2));
     let (r2, stop2) = (ready.clone(), stop.clone());
@@ -607,8 +646,7 @@ fn crr(t: &Topo, secs: f64) -> f64 {
         }
     });
     ready.wait();
-    let target = t.target;
-    let rate = in_ns(&t.player.name, move || {
+    let rate = in_ns(client, move || {
         let start = Instant::now();
         let mut n = 0u64;
         while start.elapsed().as_secs_f64() < secs {
@@ -682,6 +720,7 @@ fn e2e_bench(opts: &Opts) -> String {
     eprintln!("bench: end to end (network namespaces)");
     let (secs, iperf_secs, runs) = if opts.short { (0.3, 1, 1) } else { (3.0, 5, 3) };
     let mut rows = Vec::new();
+    let mut host_rows = Vec::new();
     for setup in [Setup::Datapath, Setup::Iptables, Setup::Direct] {
         let t = topo(setup);
         let r = median((0..runs).map(|_| rr(&t, secs)).collect());
@@ -689,11 +728,26 @@ fn e2e_bench(opts: &Opts) -> String {
         let g = median((0..runs).map(|_| iperf(&t, iperf_secs)).collect());
         eprintln!("  {:<28} rr {r:>9.0}/s  crr {c:>7.0}/s  iperf3 {g:>6.2} Gbit/s", setup.name());
         rows.push((setup, r, c, g));
+        if setup == Setup::Datapath {
+            // A host process's new connections: through host access by
+            // 127.0.0.1 and the published port, and by the container's own
+            // address, which host access leaves alone.
+            let host = t._host.as_ref().expect("the datapath's host namespace").name.clone();
+            for (what, to) in [
+                ("host -> 127.0.0.1:30001 (host access)", "127.0.0.1:30001"),
+                ("host -> container address", "10.99.0.2:25565"),
+            ] {
+                let c = median((0..runs).map(|_| crr_from(&t, &host, to.parse().unwrap(), secs)).collect());
+                eprintln!("  {what:<40} crr {c:>7.0}/s");
+                host_rows.push((what, c));
+            }
+        }
         drop(t);
     }
     let (d, i, f) = (&rows[0], &rows[1], &rows[2]);
     let mut s = format!(
-        "### End to end\n\nPlayer namespace -> published port -> container namespace, built in the same run; \
+        "### End to end\n\nPlayer namespace -> published port -> container namespace, built in the same run (the \
+         datapath with host access on the benchmark's cgroup, so every connect() of the player runs connect4); \
          median of {runs} run(s): request/response {secs} s each (1 byte each way, one connection, both ends busy-polling), new connections \
          {secs} s each (connect, 1 byte each way, close), iperf3 {iperf_secs} s.\n\n\
          | set-up | request/response (/s) | new connections (/s) | iperf3 (Gbit/s) |\n|---|---:|---:|---:|\n"
@@ -710,6 +764,11 @@ fn e2e_bench(opts: &Opts) -> String {
         d.2 / f.2,
         d.3 / f.3
     ));
+    s.push_str("A host process's new connections to the container, same run and method:\n\n| from the host | new connections (/s) |\n|---|---:|\n");
+    for (what, c) in &host_rows {
+        s.push_str(&format!("| {what} | {c:.0} |\n"));
+    }
+    s.push('\n');
     eprint!("{s}");
     s
 }
