@@ -17,7 +17,8 @@
 //! - `load` replaces the programs in place (connections keep what they
 //!   show), `detach` and `unload` remove them; without a path the cgroup v2
 //!   root is used (shown in a cgroup namespace whose root is the test's
-//!   cgroup).
+//!   cgroup); a lost pin root keeps host access working, and `load` and
+//!   `unload` take it back.
 
 mod common;
 
@@ -431,4 +432,43 @@ fn without_a_path_the_cgroup_v2_root_is_used() {
     in_cgroup_ns("detach host-access");
     assert_eq!(cgroup_progs(&cg), vec![], "detach host-access without a path left programs");
     assert_eq!(cgroup_progs(&mount), real_root, "the host's cgroup v2 root was changed");
+}
+
+/// 6. The pin root lost (`rm -rf`) while host access is attached: host
+///    processes still reach the container (the cgroup holds the programs,
+///    their maps live on through them); `load` takes the programs back and
+///    replaces them, with their record, and `unload` removes them.
+#[test]
+fn a_lost_pin_root_keeps_host_access_and_load_and_unload_take_it_back() {
+    if !privileged("a_lost_pin_root_keeps_host_access_and_load_and_unload_take_it_back") {
+        return;
+    }
+    let mut t = Topo::new();
+    let c = t.add_container(true);
+    t.publish(30001, c, "tcp", CTR_PORT);
+    let cg = t.host_access_cgroup();
+    let tcp = EchoServer::tcp(tcp_listen(&t.ctrs[c].ns, CTR_PORT));
+    let asked = sa(LOOPBACK, 30001);
+    let reach = |t: &Topo, what: &str| {
+        let mut s = connect_fd(t.host_sockets(&[Kind::Tcp]).remove(0), asked, CONNECT)
+            .unwrap_or_else(|e| panic!("{what}: connect failed: {e}"));
+        assert_eq!(roundtrip(&mut s, what.as_bytes()).unwrap_or_else(|e| panic!("{what}: {e}")), what.as_bytes());
+        assert_eq!(s.peer_addr().unwrap(), asked, "{what}: getpeername");
+        tcp.next_peer(what);
+    };
+    let first = cgroup_progs(&cg);
+
+    std::fs::remove_dir_all(&t.ctl.root).unwrap();
+    reach(&t, "pin root removed");
+    assert_eq!(cgroup_progs(&cg), first, "the cgroup's programs changed when the pin root went");
+
+    t.ctl.run(&["load"]);
+    let taken = cgroup_progs(&cg);
+    assert_eq!(taken, pinned_progs(&t), "after load: the cgroup holds other programs than the pinned ones");
+    assert!(first.iter().zip(&taken).all(|(a, b)| a.1 != b.1), "load did not replace {first:?}: {taken:?}");
+    assert_eq!(host_access_records(&t), vec![cg.to_str().unwrap().to_string()], "load took the record back");
+    reach(&t, "after load");
+
+    t.ctl.run(&["unload"]);
+    assert_eq!(cgroup_progs(&cg), vec![], "unload left programs on the cgroup");
 }
