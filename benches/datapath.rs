@@ -5,8 +5,8 @@
 //! 2. end to end in network namespaces: TCP request/response rate over one
 //!    connection, new connections per second and iperf3 throughput, player
 //!    -> published port -> container, for this datapath (host access
-//!    attached to the benchmark's cgroup, as `setup` attaches it to the
-//!    root), iptables DNAT + MASQUERADE, and a direct veth (the floor);
+//!    attached to the benchmark's cgroup, as a host has it on the cgroup
+//!    v2 root), iptables DNAT + MASQUERADE, and a direct veth (the floor);
 //! 3. the guard: its ns/packet on each path next to the dnat hit it runs
 //!    before, the per-source state a spoofed flood leaves to verified and
 //!    unverified bots, and the CPU the host spends on a bot SYN flood with
@@ -447,7 +447,7 @@ struct Topo {
     target: SocketAddr,
     root: Option<String>,
     /// The datapath's set-up runs the benchmark process in a cgroup of its
-    /// own with host access attached, as `setup` attaches it to the root:
+    /// own with host access attached, as a host has it on the root:
     /// every connect() of the player pays for it. (cgroup, the one the
     /// process came from.)
     cgroup: Option<(std::path::PathBuf, std::path::PathBuf)>,
