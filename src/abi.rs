@@ -97,6 +97,14 @@ unsafe impl plain::Plain for types::guard_state {}
 unsafe impl plain::Plain for types::sock_rev4_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::sock_rev4_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::container_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::container_port {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::container_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::container_config {}
 
 // The C side asserts the same sizes (dp_types.h).
 const _: () = assert!(std::mem::size_of::<types::dnat4_key>() == 8);
@@ -130,6 +138,10 @@ const _: () = assert!(std::mem::size_of::<types::guard_src4_key>() == 8);
 const _: () = assert!(std::mem::size_of::<types::guard_state>() == 32);
 const _: () = assert!(std::mem::size_of::<types::sock_rev4_key>() == 16);
 const _: () = assert!(std::mem::size_of::<types::sock_rev4_value>() == 8);
+const _: () = assert!(std::mem::size_of::<types::container_key>() == 128);
+const _: () = assert!(std::mem::size_of::<types::container_port>() == 24);
+const _: () = assert!(std::mem::size_of::<types::container_value>() == 1872);
+const _: () = assert!(std::mem::size_of::<types::container_config>() == 32);
 
 /// IP protocol of a published port or flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -408,6 +420,54 @@ impl types::sock_rev4_key {
     }
 }
 
+/// Writes `s` into a fixed, NUL-padded C string field; refused if it does
+/// not fit with its NUL or holds a NUL itself.
+pub fn set_cstr(dst: &mut [std::ffi::c_char], s: &str) -> Result<()> {
+    if s.len() >= dst.len() || s.as_bytes().contains(&0) {
+        bail!("'{}' does not fit in {} bytes", s.chars().take(64).collect::<String>(), dst.len() - 1);
+    }
+    dst.fill(0);
+    for (d, b) in dst.iter_mut().zip(s.bytes()) {
+        *d = b as std::ffi::c_char;
+    }
+    Ok(())
+}
+
+/// Reads a fixed, NUL-padded C string field.
+pub fn cstr(src: &[std::ffi::c_char]) -> String {
+    let b: Vec<u8> = src.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+impl types::container_key {
+    /// The key of container `name`; refused if it does not fit.
+    pub fn new(name: &str) -> Result<Self> {
+        let mut k = Self::default();
+        set_cstr(&mut k.name, name).context("container name")?;
+        Ok(k)
+    }
+    pub fn name(&self) -> String {
+        cstr(&self.name)
+    }
+}
+
+impl types::container_port {
+    /// A published port; `ext` None: the default external address.
+    pub fn new(ext: Option<Ipv4Addr>, host_port: u16, ctr_port: u16, proto: Proto) -> Self {
+        let ext_addr = ext.map_or([0; 4], addr4x4);
+        Self { family: AF_INET, proto: proto.number(), host_port: host_port.to_be(), ctr_port: ctr_port.to_be(), pad: 0, ext_addr }
+    }
+    pub fn ext(&self) -> Option<Ipv4Addr> {
+        (self.ext_addr != [0; 4]).then(|| addr4_of(&self.ext_addr)).flatten()
+    }
+    pub fn host_port(&self) -> u16 {
+        u16::from_be(self.host_port)
+    }
+    pub fn ctr_port(&self) -> u16 {
+        u16::from_be(self.ctr_port)
+    }
+}
+
 impl types::sock_rev4_value {
     pub fn new(addr: Ipv4Addr, port: u16) -> Self {
         Self { addr: be32(addr), port: port.to_be(), pad: 0 }
@@ -417,6 +477,31 @@ impl types::sock_rev4_value {
     }
     pub fn port(&self) -> u16 {
         u16::from_be(self.port)
+    }
+}
+
+impl types::container_value {
+    pub fn set_addr4(&mut self, a: Ipv4Addr) {
+        self.addr4 = be32(a);
+    }
+    pub fn addr4(&self) -> Ipv4Addr {
+        ip_of(self.addr4)
+    }
+    pub fn set_gateway4(&mut self, a: Ipv4Addr) {
+        self.gateway4 = be32(a);
+    }
+    pub fn gateway4(&self) -> Ipv4Addr {
+        ip_of(self.gateway4)
+    }
+}
+
+impl types::container_config {
+    /// `gateway4` None: the default.
+    pub fn new(gateway4: Option<Ipv4Addr>) -> Self {
+        Self { gateway4: gateway4.map_or(0, be32), ..Default::default() }
+    }
+    pub fn gateway4(&self) -> Option<Ipv4Addr> {
+        (self.gateway4 != 0).then(|| ip_of(self.gateway4))
     }
 }
 
@@ -524,6 +609,9 @@ pub mod capacity {
     pub const GUARD_DENY: u32 = C::DP_MAX_GUARD_DENY.0;
     pub const GUARD_SOURCES: u32 = C::DP_MAX_GUARD_SOURCES.0;
     pub const GUARD_VERIFIED: u32 = C::DP_MAX_GUARD_VERIFIED.0;
+    pub const CONTAINERS: u32 = C::DP_MAX_CONTAINERS.0;
+    /// Published ports one container record holds.
+    pub const CTR_PORTS: usize = C::DP_CTR_MAX_PORTS.0 as usize;
 }
 
 #[cfg(test)]
@@ -571,6 +659,27 @@ mod tests {
         assert_eq!(bytes_of(&f), &[192, 0, 2, 1, 10, 0, 0, 1, 0x01, 0xbb, 0x23, 0x97]);
         let back: types::flow_orig = from_bytes(bytes_of(&f)).unwrap();
         assert_eq!((back.orig_ip(), back.orig_port(), back.proxy_port()), (Ipv4Addr::new(192, 0, 2, 1), 443, 9111));
+    }
+
+    #[test]
+    fn container_records_keep_addresses_in_network_order() {
+        let p = types::container_port::new(Some(Ipv4Addr::new(203, 0, 113, 10)), 30001, 25565, Proto::Udp);
+        let b = bytes_of(&p);
+        assert_eq!(&b[..8], &[AF_INET, 17, 0x75, 0x31, 0x63, 0xdd, 0, 0]);
+        assert_eq!(&b[8..12], &[203, 0, 113, 10]);
+        assert!(b[12..].iter().all(|x| *x == 0));
+        assert_eq!((p.ext(), p.host_port(), p.ctr_port()), (Some(Ipv4Addr::new(203, 0, 113, 10)), 30001, 25565));
+        assert_eq!(types::container_port::new(None, 1, 2, Proto::Tcp).ext(), None);
+        let k = types::container_key::new("mc1").unwrap();
+        assert_eq!(&bytes_of(&k)[..4], b"mc1\0");
+        assert_eq!(k.name(), "mc1");
+        assert!(types::container_key::new(&"x".repeat(128)).is_err());
+        assert!(types::container_key::new(&"x".repeat(127)).is_ok());
+        assert!(types::container_key::new("a\0b").is_err());
+        let mut v = types::container_value::default();
+        v.set_addr4(Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(&bytes_of(&v)[16..20], &[10, 0, 0, 2]);
+        assert_eq!(types::container_config::new(None).gateway4(), None);
     }
 
     #[test]

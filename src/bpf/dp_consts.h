@@ -24,6 +24,8 @@ enum dp_capacity {
 	DP_MAX_GUARD_SOURCES = 65536,	/* guard_src4, guard_vsrc4 */
 	DP_MAX_GUARD_VERIFIED = 65536,	/* guard_verified4 */
 	DP_GUARD_LIMIT_SLOTS = 65536,	/* guard_limits: 0 global, else a port */
+	DP_MAX_CONTAINERS = 65536,
+	DP_CTR_MAX_PORTS = 64,		/* published ports per container */
 };
 
 /* Default ports of the proxy on the host; `datapathctl load` may change them. */
@@ -175,4 +177,19 @@ enum dp_guard_flag {
 enum dp_name_len {
 	DP_NETNS_LEN = 64,
 	DP_TARGET_LEN = 256,
+	DP_CTR_NAME_LEN = 128,		/* container name, NUL included */
+	DP_CTR_NETNS_LEN = 128,		/* container's namespace path */
+	DP_CTR_OWNER_LEN = 64,		/* CNI network name */
+	DP_IFNAME_LEN = 16,
+};
+
+/* Where a container record is in its life: `container add` writes it
+ * ADDING before it makes anything and READY when everything is made;
+ * `container del` marks it DELETING before it removes anything. A record
+ * left ADDING or DELETING (a command was killed) describes what may exist,
+ * and the next add or del of that name removes it first. */
+enum dp_ctr_state {
+	DP_CTR_ADDING = 1,
+	DP_CTR_READY = 2,
+	DP_CTR_DELETING = 3,
 };

@@ -166,6 +166,24 @@ struct {
 	__type(value, struct pin_root_value);
 } pin_root SEC(".maps");
 
+/* Containers by name: what `container add` made (user space only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DP_MAX_CONTAINERS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct container_key);
+	__type(value, struct container_value);
+} containers SEC(".maps");
+
+/* How containers are wired: the gateway address (one entry, user space
+ * only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct container_config);
+} container_cfg SEC(".maps");
+
 /* Names a map in an instruction that never runs. */
 #define dp_keep(map) asm volatile("" : : "r"(&(map)))
 /* guard: settings (one entry; the clock tests use). */
@@ -272,6 +290,8 @@ static __always_inline void dp_keep_maps(void)
 		dp_keep(guard_src4);
 		dp_keep(guard_vsrc4);
 		dp_keep(guard_verified4);
+		dp_keep(containers);
+		dp_keep(container_cfg);
 	}
 }
 
@@ -311,6 +331,7 @@ struct dp_btf_enums {
 	enum dp_default_port port;
 	enum dp_capacity cap;
 	enum dp_name_len len;
+	enum dp_ctr_state ctr_state;
 	enum dp_dir dir;
 	enum dp_ext_flag ext_flag;
 	enum dp_guard_class guard_class;

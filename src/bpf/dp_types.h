@@ -283,6 +283,49 @@ struct sock_rev4_value {
 	__u16 pad;
 };
 
+/* containers key (user space only): a container's name, NUL-padded. */
+struct container_key {
+	char name[DP_CTR_NAME_LEN];
+};
+
+/* One port a container publishes, as `container add --publish` gave it. */
+struct container_port {
+	__u8 family;		/* AF_INET */
+	__u8 proto;		/* IPPROTO_TCP or IPPROTO_UDP */
+	__be16 host_port;
+	__be16 ctr_port;
+	__u16 pad;
+	__be32 ext_addr[4];	/* all zero: the default external addresses */
+};
+
+/* containers value (user space only): what `container add` made, so that
+ * `container del` removes exactly that, also after a crash or a load. */
+struct container_value {
+	__u32 state;		/* enum dp_ctr_state */
+	__u32 flags;		/* zero */
+	__u32 host_ifindex;	/* the host veth, 0 until it exists */
+	__u32 mtu;		/* 0: the kernel's default */
+	__be32 addr4;		/* the container's address */
+	__be32 gateway4;	/* the host veth's address */
+	__be32 addr6[4];	/* zero: IPv6 is not wired by this release */
+	__u8 ctr_mac[6];	/* the container side's MAC, once wired */
+	__u16 nports;
+	char host_ifname[DP_IFNAME_LEN];
+	char ifname[DP_IFNAME_LEN];		/* the container side's name */
+	char host_netns[DP_NETNS_LEN];		/* -n NAME of the host side */
+	char netns[DP_CTR_NETNS_LEN];		/* the container's namespace */
+	char owner[DP_CTR_OWNER_LEN];		/* CNI network, "" otherwise */
+	struct container_port ports[DP_CTR_MAX_PORTS];
+};
+
+/* container_cfg value (single entry, user space only): how containers
+ * are wired. */
+struct container_config {
+	__be32 gateway4;	/* 0: the default, 169.254.1.1 */
+	__u32 flags;		/* zero */
+	__u64 reserved[3];	/* zero */
+};
+
 _Static_assert(sizeof(struct dnat4_key) == 8, "dnat4_key layout");
 _Static_assert(sizeof(struct dnat4_value) == 20, "dnat4_value layout");
 _Static_assert(sizeof(struct flow4_key) == 16, "flow4_key layout");
@@ -314,3 +357,7 @@ _Static_assert(sizeof(struct guard_src4_key) == 8, "guard_src4_key layout");
 _Static_assert(sizeof(struct guard_state) == 32, "guard_state layout");
 _Static_assert(sizeof(struct sock_rev4_key) == 16, "sock_rev4_key layout");
 _Static_assert(sizeof(struct sock_rev4_value) == 8, "sock_rev4_value layout");
+_Static_assert(sizeof(struct container_key) == 128, "container_key layout");
+_Static_assert(sizeof(struct container_port) == 24, "container_port layout");
+_Static_assert(sizeof(struct container_value) == 1872, "container_value layout");
+_Static_assert(sizeof(struct container_config) == 32, "container_config layout");

@@ -926,6 +926,54 @@ pub fn detach_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &
     Ok(any)
 }
 
+/// Checks that every program of `kind` is attached to `ifspec` (in
+/// `netns_name`) and recorded there; the error names the first one
+/// missing.
+pub fn check_tc(pins: &PinRoot, netns_name: Option<&str>, kind: Kind, ifspec: &str) -> Result<()> {
+    let records = Records::open(pins)?;
+    let mut want = Vec::new();
+    for slot in kind.slots() {
+        want.push((slot, prog_id(&pins.prog(slot.prog))?));
+    }
+    let _ns = NetnsGuard::enter(netns_name)?;
+    let iface = netif::resolve(ifspec)?;
+    let key = iface_key(netns::current_inode()?, iface.index);
+    let rec = crate::maps::lookup::<_, types::attach_value>(&records.map, &key)?.map(|v| record(&key, &v));
+    if !rec.is_some_and(|r| r.kind == Some(kind) && same_iface(&r, the_netns_name(netns_name), &iface.name)) {
+        bail!("no {} attachment is recorded for {}", kind.as_str(), iface.name);
+    }
+    let mut nl = Rtnl::open().map_err(rtnl_err)?;
+    let clsact = nl.clsact(iface.index).map_err(rtnl_err)?;
+    for (slot, id) in want {
+        let dir = if slot.ingress { "ingress" } else { "egress" };
+        match nl.bpf_filter(FilterAt::of(iface.index, slot.ingress, clsact), slot.priority, TC_HANDLE).map_err(rtnl_err)? {
+            Some(f) if f.prog_id == id => {}
+            Some(f) => bail!(
+                "{} {dir} priority {} runs program id {}, not {} (id {id})",
+                iface.name,
+                slot.priority,
+                f.prog_id,
+                slot.prog
+            ),
+            None => bail!("{} is not attached to {} {dir}", slot.prog, iface.name),
+        }
+    }
+    Ok(())
+}
+
+/// The id of a pinned program.
+fn prog_id(path: &Path) -> Result<u32> {
+    let fd = obj_get(path)?;
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info is a zeroed bpf_prog_info of the size passed in len.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc)).with_context(|| format!("reading {}", path.display()));
+    }
+    Ok(info.id)
+}
+
 /// `attach getsockopt [<path>]` and `attach host-access [<path>]` (every
 /// cgroup kind): the kind's programs on the cgroup, so they stay attached
 /// without any pin. Attaching again replaces them in place.

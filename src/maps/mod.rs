@@ -4,6 +4,7 @@
 //! intent (`BPF_NOEXIST` for claims) so concurrent provisioning scripts
 //! cannot overwrite each other's entries.
 
+pub mod containers;
 pub mod published;
 pub mod txn;
 
@@ -37,8 +38,10 @@ pub mod name {
     pub const GUARD_SRC4: &str = "guard_src4";
     pub const GUARD_VSRC4: &str = "guard_vsrc4";
     pub const GUARD_VERIFIED4: &str = "guard_verified4";
+    pub const CONTAINERS: &str = "containers";
+    pub const CONTAINER_CFG: &str = "container_cfg";
     /// Every map of a pin root.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 27] = [
         DNAT4,
         FLOWS4,
         HOST_FLOWS4,
@@ -64,12 +67,14 @@ pub mod name {
         GUARD_SRC4,
         GUARD_VSRC4,
         GUARD_VERIFIED4,
+        CONTAINERS,
+        CONTAINER_CFG,
     ];
 }
 
 use std::net::Ipv4Addr;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
 
 use crate::abi::{bytes_of, from_bytes, types, Proto};
@@ -84,9 +89,25 @@ pub fn open(pins: &PinRoot, name: &str) -> Result<MapHandle> {
     MapHandle::from_pinned_path(&path).with_context(|| format!("opening map {}", path.display()))
 }
 
+/// A map refused an entry because it holds its capacity; callers that
+/// branch on it find it with `anyhow::Error::downcast_ref`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Full {
+    pub map: String,
+    pub capacity: u32,
+}
+
+impl std::fmt::Display for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "map {} is full ({} entries)", self.map, self.capacity)
+    }
+}
+
+impl std::error::Error for Full {}
+
 fn full_or(e: libbpf_rs::Error, map: &str, capacity: u32) -> anyhow::Error {
     if e.kind() == ErrorKind::TooBig {
-        anyhow!("map {map} is full ({capacity} entries)")
+        anyhow::Error::new(Full { map: map.to_string(), capacity })
     } else {
         anyhow::Error::new(e).context(format!("updating map {map}"))
     }

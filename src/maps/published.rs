@@ -522,7 +522,7 @@ fn slot_alloc(txn: &mut Txn) -> Result<u32> {
         }
         slot
     } else {
-        bail!("map {} is full ({cap} entries)", name::MAPPINGS);
+        return Err(anyhow::Error::new(super::Full { map: name::MAPPINGS.to_string(), capacity: cap }));
     };
     txn.put(name::META, &0u32, &m)?;
     // Zeroed here too: a flow recorded before its mapping was deleted may

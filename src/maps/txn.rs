@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle, MapType};
 
 use crate::abi::bytes_of;
@@ -42,7 +42,7 @@ fn is_percpu(map: &MapHandle) -> bool {
 /// capacity.
 pub(crate) fn write_error(e: libbpf_rs::Error, map: &MapHandle, name: &str) -> anyhow::Error {
     if e.kind() == ErrorKind::TooBig {
-        anyhow!("map {name} is full ({} entries)", map.max_entries())
+        anyhow::Error::new(super::Full { map: name.to_string(), capacity: map.max_entries() })
     } else {
         anyhow::Error::new(e).context(format!("updating map {name}"))
     }

@@ -124,7 +124,7 @@ impl Wiring {
     }
 
     /// Refuses what can never be wired, before anything is made.
-    fn validate(&self) -> rtnl::Result<()> {
+    pub fn validate(&self) -> rtnl::Result<()> {
         check_name(&self.host_ifname)?;
         check_name(&self.ifname)?;
         let bad = |why: String| {

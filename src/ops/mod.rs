@@ -1,6 +1,9 @@
 //! What each `datapathctl` command does, given parsed arguments. Read
 //! commands return a serialisable report that main prints as text or JSON.
 
+pub mod container;
+pub mod setup;
+
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! datapathctl: loads, attaches and manages the datapath's eBPF programs.
 //! This file only parses the command line, sets up logging and dispatches.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,6 +11,9 @@ use serde::Serialize;
 
 use datapath::kernel::attach::Kind;
 use datapath::abi::Proto;
+use datapath::maps::containers::{Port, Record};
+use datapath::ops::container::{self, Spec};
+use datapath::ops::setup::SetupOptions;
 use datapath::ops::{self, DnatAdd, LoadOptions};
 use datapath::maps::guard::{Cidr, LimitChange};
 use datapath::maps::{Change, Ext};
@@ -53,6 +56,29 @@ enum Cmd {
     },
     /// Detach everything and remove every pin.
     Unload,
+    /// Set up the whole host: load, external address, dnat on the external
+    /// interface, getsockopt on the proxy's cgroup, the containers' gateway.
+    Setup {
+        /// External interface, by name or index.
+        #[arg(long, value_name = "IF")]
+        external: String,
+        /// External IPv4 address (default: the interface's own).
+        #[arg(long = "address", value_name = "A", value_parser = parse_ipv4)]
+        addresses: Vec<Ipv4Addr>,
+        /// cgroup v2 directory of the proxy (default: the cgroup v2 root).
+        #[arg(long, value_name = "PATH")]
+        proxy_cgroup: Option<PathBuf>,
+        /// Address every host veth carries, the containers' gateway
+        /// (default 169.254.1.1; changes only while there are no containers).
+        #[arg(long, value_name = "A", value_parser = parse_ipv4)]
+        gateway: Option<Ipv4Addr>,
+    },
+    /// Containers: veth pair, addresses, routes, registration, host
+    /// programs and published ports in one command.
+    Container {
+        #[command(subcommand)]
+        op: ContainerCmd,
+    },
     /// Attach programs.
     Attach {
         #[command(subcommand)]
@@ -151,6 +177,46 @@ enum LimitCmd {
         #[arg(long, value_name = "P", value_parser = parse_port)]
         port: Option<u16>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ContainerCmd {
+    /// Wire a container into the datapath, all or nothing.
+    Add {
+        /// The container's name (1-127 bytes of letters, digits and _ . : @ / -).
+        name: String,
+        /// The container's network namespace: a name in /run/netns or a path.
+        // Given as --netns: see `container_args`.
+        #[arg(long = CONTAINER_NETNS, id = "container_netns", value_name = "NAME|PATH")]
+        netns: String,
+        /// The container's IPv4 address.
+        #[arg(long, value_name = "ADDR", value_parser = parse_ipv4)]
+        ip: Ipv4Addr,
+        /// The container's IPv6 address (refused: this build is IPv4 only).
+        #[arg(long, value_name = "ADDR", value_parser = parse_ipv6)]
+        ip6: Option<Ipv6Addr>,
+        /// Publish a container port: [EXT-ADDR:]HOST-PORT:CTR-PORT[/tcp|/udp] (repeatable).
+        #[arg(long, value_name = "SPEC", value_parser = parse_publish)]
+        publish: Vec<Port>,
+        /// Name of the container's interface.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        /// MTU of both ends of the veth pair (default: the kernel's).
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+    /// Remove exactly what `container add` made (success if it is gone).
+    Del {
+        /// The container's name.
+        name: String,
+    },
+    /// Show a container and its published ports.
+    Get {
+        /// The container's name.
+        name: String,
+    },
+    /// List the containers.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -380,6 +446,14 @@ fn parse_host_port(s: &str) -> Result<(Ext, u16), String> {
     ops::parse_host_port(s).map_err(|e| e.to_string())
 }
 
+fn parse_ipv6(s: &str) -> Result<Ipv6Addr, String> {
+    s.parse::<Ipv6Addr>().map_err(|_| format!("invalid IPv6 address '{}'", s.chars().take(64).collect::<String>()))
+}
+
+fn parse_publish(s: &str) -> Result<Port, String> {
+    s.parse::<Port>().map_err(|e| e.to_string())
+}
+
 fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     netif::parse_mac(s).map_err(|e| e.to_string())
 }
@@ -484,6 +558,53 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Cmd::Unload => ops::unload(&pins).and_then(|()| ok(json)),
+        Cmd::Setup { external, addresses, proxy_cgroup, gateway } => {
+            let r = ops::setup::setup(&pins, ns, &SetupOptions { external, addresses, proxy_cgroup, gateway })?;
+            print(json, &r, |r| {
+                let addrs: Vec<String> = r.addresses.iter().map(|a| a.to_string()).collect();
+                format!(
+                    "set up under {}: external {} on {}, dnat attached, getsockopt on {}, gateway {}",
+                    r.load.pin_root,
+                    addrs.join(", "),
+                    r.external_interface,
+                    r.proxy_cgroup.display(),
+                    r.gateway
+                )
+            })
+        }
+        Cmd::Container { op } => match op {
+            ContainerCmd::Add { name, netns: ctr_ns, ip, ip6, publish, ifname, mtu } => {
+                let spec = Spec {
+                    ip6,
+                    ifname,
+                    mtu,
+                    ports: publish,
+                    ..Spec::new(&name, datapath::net::netns::path_of(&ctr_ns)?, ip)
+                };
+                let a = container::add(&pins, ns, &spec)?;
+                if json {
+                    println!("{}", serde_json::json!({ "result": a.change.as_str(), "container": a.container }));
+                }
+                Ok(())
+            }
+            ContainerCmd::Del { name } => change(json, container::del(&pins, &name)?),
+            ContainerCmd::Get { name } => print(json, &container::get(&pins, &name)?, describe_container),
+            ContainerCmd::List => print(json, &container::list(&pins)?, |l| {
+                let mut s = format!("{:<24} {:<8} {:<16} {:<16} PUBLISHED", "NAME", "STATE", "HOST VETH", "ADDRESS");
+                for r in l {
+                    let ports: Vec<String> = r.ports.iter().map(|p| p.to_string()).collect();
+                    s.push_str(&format!(
+                        "\n{:<24} {:<8} {:<16} {:<16} {}",
+                        r.name,
+                        r.state.as_str(),
+                        r.host_ifname,
+                        r.ip4,
+                        ports.join(" ")
+                    ));
+                }
+                s
+            }),
+        },
         Cmd::Attach { what } => match what {
             AttachCmd::Dnat { iface } => ops::attach_tc(&pins, ns, Kind::Dnat, &iface),
             AttachCmd::Host { iface } => ops::attach_tc(&pins, ns, Kind::Host, &iface),
@@ -692,6 +813,32 @@ fn describe_veth(v: &datapath::maps::Veth) -> String {
     )
 }
 
+fn describe_container(c: &container::Container) -> String {
+    let r: &Record = &c.record;
+    let mac = r.ctr_mac.map(|m| netif::format_mac(&m)).unwrap_or_else(|| "-".into());
+    let mut out = format!("{} ({})", r.name, r.state.as_str());
+    out.push_str(&format!("\n  container  {} in {}, {} mac {}", r.ifname, r.netns.display(), r.ip4, mac));
+    let ns = if r.host_netns.is_empty() { String::new() } else { format!(" in {}", r.host_netns) };
+    out.push_str(&format!("\n  host veth  {} (ifindex {}){ns}, gateway {}", r.host_ifname, r.host_ifindex, r.gateway4));
+    if let Some(m) = r.mtu {
+        out.push_str(&format!("\n  mtu        {m}"));
+    }
+    if !r.owner.is_empty() {
+        out.push_str(&format!("\n  cni        network {}", r.owner));
+    }
+    for p in &c.published {
+        let state = if p.published { "published" } else { "NOT published" };
+        out.push_str(&format!("\n  port       {} {state}", p.port));
+        if let Some(n) = &p.counters {
+            out.push_str(&format!(
+                ": in {} packets {} bytes, out {} packets {} bytes, {} connections",
+                n.pkts_in, n.bytes_in, n.pkts_out, n.bytes_out, n.conns
+            ));
+        }
+    }
+    out
+}
+
 fn describe_status(s: &ops::Status) -> String {
     if !s.loaded {
         return format!("not loaded (pin root {})", s.pin_root);
@@ -727,13 +874,39 @@ fn describe_status(s: &ops::Status) -> String {
     out
 }
 
+/// The name `container add --netns` has while clap parses it.
+const CONTAINER_NETNS: &str = "container-netns";
+
+/// `container add --netns` names the container's namespace, while the
+/// global `-n/--netns` names the host side's: clap cannot have one long
+/// option twice, so within `container add` `--netns` is renamed before
+/// parsing (and back in what clap prints).
+fn container_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let at = args.windows(2).position(|w| w[0] == "container" && w[1] == "add");
+    let Some(at) = at else { return args };
+    let mut out = args;
+    for a in out.iter_mut().skip(at + 2) {
+        if *a == "--" {
+            break;
+        }
+        if *a == "--netns" {
+            *a = format!("--{CONTAINER_NETNS}").into();
+        } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--netns=")) {
+            *a = format!("--{CONTAINER_NETNS}={v}").into();
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = container_args(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind as K;
+            let renamed = |t: String| t.replace(&format!("--{CONTAINER_NETNS}"), "--netns");
             if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand) {
-                let _ = e.print();
+                print!("{}", renamed(e.render().to_string()));
                 return if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand {
                     ExitCode::from(2)
                 } else {
@@ -742,7 +915,7 @@ fn main() -> ExitCode {
             }
             // One line: clap's first paragraph (which may list the missing
             // arguments on lines of their own), without "error: ".
-            let text = e.render().to_string();
+            let text = renamed(e.render().to_string());
             let para: Vec<&str> = text
                 .lines()
                 .skip_while(|l| l.trim().is_empty())
