@@ -17,7 +17,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::topo::{accept, ip_json, tcp_connect, within, IO_TIMEOUT};
+use common::topo::{self, accept, assert_same, ip_json, route_str, tcp_connect, within, IO_TIMEOUT};
 use common::{privileged, sh, unique, TestNs};
 use datapath::net::rtnl::{ErrorKind, IpPrefix, Route, RouteScope, Rtnl, VethPair};
 use datapath::net::wiring::{self, Step, WireError, Wired, Wiring};
@@ -74,42 +74,10 @@ fn ip_routes(ns: &TestNs, family: &str) -> BTreeSet<String> {
     v.as_array().unwrap().iter().map(route_str).collect()
 }
 
-fn route_str(r: &serde_json::Value) -> String {
-    let mut s = r["dst"].as_str().unwrap_or("?").to_string();
-    if let Some(gw) = r["gateway"].as_str() {
-        s += &format!(" via {gw}");
-    }
-    if let Some(dev) = r["dev"].as_str() {
-        s += &format!(" dev {dev}");
-    }
-    s
-}
-
-/// Everything of a namespace `wire` could touch, as comparable lines:
-/// links (name, kind), addresses, and the routes of every table, both
-/// families.
+/// Everything of a namespace `wire` could touch (see
+/// [`common::topo::snapshot`]).
 fn snapshot(ns: &TestNs) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for l in ip_json(&format!("-d -n {} link show", ns.name)).as_array().unwrap() {
-        out.insert(format!("link {} {}", l["ifname"], l["linkinfo"]["info_kind"]));
-        let addrs = ip_json(&format!("-n {} addr show dev {}", ns.name, l["ifname"].as_str().unwrap()));
-        for a in addrs[0]["addr_info"].as_array().into_iter().flatten() {
-            out.insert(format!("addr {} {}/{}", l["ifname"], a["local"], a["prefixlen"]));
-        }
-    }
-    for fam in ["-4", "-6"] {
-        for r in ip_json(&format!("-n {} {fam} route show table all", ns.name)).as_array().unwrap() {
-            out.insert(format!("route {} {} table {}", r["type"], route_str(r), r["table"]));
-        }
-    }
-    out
-}
-
-#[track_caller]
-fn assert_same(what: &str, before: &BTreeSet<String>, after: &BTreeSet<String>) {
-    let added: Vec<_> = after.difference(before).collect();
-    let removed: Vec<_> = before.difference(after).collect();
-    assert!(added.is_empty() && removed.is_empty(), "{what}: left behind {added:?}, removed {removed:?}");
+    topo::snapshot(&ns.name)
 }
 
 fn wire_in(host: &TestNs, w: &Wiring) -> Result<Wired, WireError> {

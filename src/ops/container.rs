@@ -320,6 +320,15 @@ pub fn add_failing_at(pins: &PinRoot, host_netns: Option<&str>, spec: &Spec, ste
     Add::new(pins, host_netns, spec, Some(step)).run()
 }
 
+/// [`add`], stopping dead at `step` as a killed process would: nothing
+/// it made is undone, its record stays `adding`. For crash tests.
+#[doc(hidden)]
+pub fn add_killed_at(pins: &PinRoot, host_netns: Option<&str>, spec: &Spec, step: Step) -> Result<Added, Error> {
+    let mut a = Add::new(pins, host_netns, spec, Some(step));
+    a.killed = true;
+    a.run()
+}
+
 /// What one `add` has made so far, to undo.
 #[derive(Default)]
 struct Made {
@@ -333,12 +342,14 @@ struct Add<'a> {
     host_netns: Option<&'a str>,
     spec: &'a Spec,
     fail: Option<Step>,
+    /// At `fail`, stop without undoing anything (see [`add_killed_at`]).
+    killed: bool,
     made: Made,
 }
 
 impl<'a> Add<'a> {
     fn new(pins: &'a PinRoot, host_netns: Option<&'a str>, spec: &'a Spec, fail: Option<Step>) -> Self {
-        Self { pins, host_netns, spec, fail, made: Made::default() }
+        Self { pins, host_netns, spec, fail, killed: false, made: Made::default() }
     }
 
     fn err(&self, step: Step, kind: ErrorKind, source: anyhow::Error) -> Error {
@@ -418,6 +429,7 @@ impl<'a> Add<'a> {
         self.made.record = true;
         match self.steps(&records, &mut rec, &w) {
             Ok(()) => Ok(Added { change: Change::Added, container: rec }),
+            Err(e) if self.killed => Err(e),
             Err(mut e) => {
                 e.undo_errors.extend(self.undo(&records, &rec, &w));
                 Err(e)

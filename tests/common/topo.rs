@@ -206,6 +206,46 @@ pub fn ip_json(args: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("`ip -j {args}` printed no JSON ({e}): {text}"))
 }
 
+/// A route of `ip -j route show` as "dst[ via gw] dev X".
+pub fn route_str(r: &serde_json::Value) -> String {
+    let mut s = r["dst"].as_str().unwrap_or("?").to_string();
+    if let Some(gw) = r["gateway"].as_str() {
+        s += &format!(" via {gw}");
+    }
+    if let Some(dev) = r["dev"].as_str() {
+        s += &format!(" dev {dev}");
+    }
+    s
+}
+
+/// Everything of namespace `ns` that wiring a container could touch, as
+/// comparable lines: links (name, kind), addresses, and the routes of
+/// every table, both families.
+pub fn snapshot(ns: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for l in ip_json(&format!("-d -n {ns} link show")).as_array().unwrap() {
+        out.insert(format!("link {} {}", l["ifname"], l["linkinfo"]["info_kind"]));
+        let addrs = ip_json(&format!("-n {ns} addr show dev {}", l["ifname"].as_str().unwrap()));
+        for a in addrs[0]["addr_info"].as_array().into_iter().flatten() {
+            out.insert(format!("addr {} {}/{}", l["ifname"], a["local"], a["prefixlen"]));
+        }
+    }
+    for fam in ["-4", "-6"] {
+        for r in ip_json(&format!("-n {ns} {fam} route show table all")).as_array().unwrap() {
+            out.insert(format!("route {} {} table {}", r["type"], route_str(r), r["table"]));
+        }
+    }
+    out
+}
+
+/// Asserts that two snapshots are the same, naming what differs.
+#[track_caller]
+pub fn assert_same(what: &str, before: &std::collections::BTreeSet<String>, after: &std::collections::BTreeSet<String>) {
+    let added: Vec<_> = after.difference(before).collect();
+    let removed: Vec<_> = before.difference(after).collect();
+    assert!(added.is_empty() && removed.is_empty(), "{what}: left behind {added:?}, removed {removed:?}");
+}
+
 /// Runs `f` on a thread inside network namespace `ns` and returns its
 /// result; a panic in `f` is the caller's panic.
 pub fn within<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
