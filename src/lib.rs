@@ -7,6 +7,7 @@
 //! docs/ARCHITECTURE.md describes how the pieces fit.
 
 pub mod abi;
+pub mod cni;
 pub mod kernel;
 pub mod maps;
 pub mod net;
