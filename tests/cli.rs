@@ -357,3 +357,138 @@ fn one_kind_per_interface_and_records_of_deleted_interfaces() {
     assert_eq!(tc_show(&ns, "filter show dev dpa ingress"), filters_a, "dpa keeps its filters");
     assert!(tc_show(&ns, "filter show dev dpa egress").contains("tproxy_egress"));
 }
+
+/// A cgroup of the test's own under the cgroup v2 mount, removed on drop.
+struct Cgroup(std::path::PathBuf);
+
+impl Cgroup {
+    fn new() -> Self {
+        let p = datapath::kernel::attach::cgroup2_root().unwrap().join(unique("dpt"));
+        std::fs::create_dir(&p).unwrap();
+        Self(p)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Everything setup configures, as `status --json` and the external
+/// address show it.
+fn host_state(ctl: &Ctl) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+    let st = ctl.json(&["status"]);
+    let progs: Vec<&str> = st["programs"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    (st["attachments"].clone(), serde_json::json!(progs), st["externals"].clone())
+}
+
+#[test]
+fn setup_sets_the_host_up_once_and_refuses_bad_input() {
+    if !privileged("setup_sets_the_host_up_once_and_refuses_bad_input") {
+        return;
+    }
+    let ctl = Ctl { root: format!("/sys/fs/bpf/{}", unique("dpt")) };
+    let _unload = Unload(&ctl);
+    let ns = TestNs::new();
+    let cg = Cgroup::new();
+    ns.ip("link add dpext type veth peer name dpextp");
+    ns.ip("addr add 198.51.100.1/24 dev dpext");
+    ns.ip("link set dpext up");
+    let n = ns.name.as_str();
+
+    // Bad input before anything is loaded: nothing is made.
+    for (what, args) in [
+        ("no such interface", vec!["-n", n, "setup", "--external", "nosuch0", "--proxy-cgroup", cg.path()]),
+        ("no such cgroup", vec!["-n", n, "setup", "--external", "dpext", "--proxy-cgroup", "/sys/fs/cgroup/no/such"]),
+        ("broadcast address", vec!["-n", n, "setup", "--external", "dpext", "--address", "198.51.100.1", "--address", "255.255.255.255", "--proxy-cgroup", cg.path()]),
+        ("loopback address", vec!["-n", n, "setup", "--external", "dpext", "--address", "127.0.0.1", "--proxy-cgroup", cg.path()]),
+        ("multicast gateway", vec!["-n", n, "setup", "--external", "dpext", "--gateway", "224.0.0.1", "--proxy-cgroup", cg.path()]),
+        ("no --external", vec!["-n", n, "setup"]),
+    ] {
+        let o = ctl.run(&args);
+        let out = CtlOut { code: o.status.code(), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() };
+        assert_one_line_failure(what, &out);
+        assert!(!std::path::Path::new(&ctl.root).exists(), "{what}: nothing is loaded");
+    }
+    ns.ip("link add dpnoaddr type veth peer name dpnoaddrp");
+    let o = ctl.run(&["-n", n, "setup", "--external", "dpnoaddr", "--proxy-cgroup", cg.path()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no IPv4 address"), "{o:?}");
+
+    // The interface's own address by default; everything attached.
+    let r = ctl.json(&["-n", n, "setup", "--external", "dpext", "--proxy-cgroup", cg.path()]);
+    assert_eq!(r["addresses"], serde_json::json!(["198.51.100.1"]));
+    assert_eq!(r["gateway"], "169.254.1.1");
+    assert_eq!(r["external_interface"], "dpext");
+    let first = host_state(&ctl);
+    let targets: Vec<&str> = first.0.as_array().unwrap().iter().map(|a| a["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, vec!["dpext", cg.path()], "dnat on the interface, getsockopt on the cgroup: {}", first.0);
+    assert_eq!((&first.2[0]["addr"], &first.2[0]["default"]), (&serde_json::json!("198.51.100.1"), &serde_json::json!(true)));
+    assert!(tc_show(&ns, "filter show dev dpext ingress").contains("dnat"));
+
+    // Again: the same state; a given address and gateway are taken.
+    ctl.ok(&["-n", n, "setup", "--external", "dpext", "--proxy-cgroup", cg.path()]);
+    assert_eq!(host_state(&ctl), first);
+    let r = ctl.json(&["-n", n, "setup", "--external", "dpext", "--address", "198.51.100.7", "--gateway", "169.254.7.1", "--proxy-cgroup", cg.path()]);
+    assert_eq!((&r["addresses"][0], &r["gateway"]), (&serde_json::json!("198.51.100.7"), &serde_json::json!("169.254.7.1")));
+    // Addresses are added as default ones; the first stays.
+    let ext: Vec<String> = ctl.json(&["map", "external", "list"]).as_array().unwrap().iter().map(|e| format!("{} {}", e["addr"], e["default"])).collect();
+    assert_eq!(ext, vec!["\"198.51.100.1\" true", "\"198.51.100.7\" true"]);
+
+    // The gateway does not change under containers.
+    let ctr = TestNs::new();
+    let added = ctl.json(&["-n", n, "container", "add", "gwtest", "--netns", &ctr.name, "--ip", "10.88.0.2"]);
+    assert_eq!(added["container"]["gateway4"], "169.254.7.1", "new containers get the gateway setup set");
+    let o = ctl.run(&["-n", n, "setup", "--external", "dpext", "--gateway", "169.254.1.1", "--proxy-cgroup", cg.path()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("in use by 1 container"), "{o:?}");
+    ctl.ok(&["container", "del", "gwtest"]);
+    ctl.ok(&["-n", n, "setup", "--external", "dpext", "--gateway", "169.254.1.1", "--proxy-cgroup", cg.path()]);
+}
+
+#[test]
+fn the_boot_script_runs_setup_and_refuses_a_state_it_cannot_apply() {
+    if !privileged("the_boot_script_runs_setup_and_refuses_a_state_it_cannot_apply") {
+        return;
+    }
+    let ctl = Ctl { root: format!("/sys/fs/bpf/{}", unique("dpt")) };
+    let _unload = Unload(&ctl);
+    let ns = TestNs::new();
+    let cg = Cgroup::new();
+    ns.ip("link add dpext type veth peer name dpextp");
+    ns.ip("addr add 198.51.100.1/24 dev dpext");
+    ns.ip("link set dpext up");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/systemd/datapath-boot");
+    let boot = |state: &str| {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(script)
+            .env("DATAPATHCTL", env!("CARGO_BIN_EXE_datapathctl"))
+            .env("DATAPATH_PIN_ROOT", &ctl.root)
+            .env("DATAPATH_EXTERNAL", "dpext")
+            .env("DATAPATH_ADDRESS", "198.51.100.1")
+            .env("DATAPATH_PROXY_CGROUP", cg.path())
+            .env("DATAPATH_GATEWAY", "")
+            .env("DATAPATH_STATE", state)
+            .output()
+            .unwrap()
+    };
+    let o = boot("/nonexistent/state");
+    assert!(o.status.success(), "{o:?}");
+    let first = host_state(&ctl);
+    assert_eq!((&first.2[0]["addr"], &first.2[0]["default"]), (&serde_json::json!("198.51.100.1"), &serde_json::json!(true)));
+    assert_eq!(first.0.as_array().unwrap().len(), 2, "{}", first.0);
+    let o = boot("");
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(host_state(&ctl), first, "a second boot changes nothing");
+
+    // A saved state this release cannot apply is an error, not silence.
+    let state = std::env::temp_dir().join(unique("dpstate"));
+    std::fs::write(&state, "").unwrap();
+    let o = boot(state.to_str().unwrap());
+    let _ = std::fs::remove_file(&state);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not restored"), "{o:?}");
+}

@@ -479,10 +479,8 @@ fn removed_container_gets_no_traffic() {
         return;
     }
     let mut t = Topo::new();
-    let c0 = t.add_container(true);
-    let c1 = t.add_container(true);
-    t.publish(30001, c0, "tcp", CTR_PORT);
-    t.publish(30002, c1, "tcp", CTR_PORT);
+    let c0 = t.add_published(true, &[(30001, "tcp", CTR_PORT)]);
+    let c1 = t.add_published(true, &[(30002, "tcp", CTR_PORT)]);
     let servers = [c0, c1].map(|i| EchoServer::tcp(tcp_listen(&t.ctrs[i].ns, CTR_PORT)));
 
     let mut open = Vec::new();
@@ -495,7 +493,7 @@ fn removed_container_gets_no_traffic() {
     let (_, _) = (servers[0].next_peer("30001"), servers[1].next_peer("30002"));
     let mut established = open.pop().unwrap();
 
-    t.remove_container(c1, &[(30002, "tcp")]);
+    t.remove_container(c1);
 
     // The connection that was open gets no more echoes.
     established.set_read_timeout(Some(QUIET)).unwrap();

@@ -64,8 +64,7 @@ fn minecraft_player_joins_through_a_published_port() {
         return;
     }
     let mut t = Topo::new();
-    let c = t.add_container(true);
-    t.publish(JAVA_PORT, c, "tcp", CTR_PORT);
+    let c = t.add_published(true, &[(JAVA_PORT, "tcp", CTR_PORT)]);
     let server = McServer::start(&t.ctrs[c].ns, McServerOpts { port: CTR_PORT, chunks: 32, ..Default::default() });
     let before = stats_with_bytes(&t.ctl);
 

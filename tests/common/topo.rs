@@ -3,8 +3,8 @@
 //! ```text
 //!  player ns                 host ns                          container ns (one per ctr)
 //!  pl<id> 10.98.0.2/24 ─── ex<id> 10.98.0.1/24   [dnat]
-//!                            h<id>c<i> 10.99.<i>.1/32 ──────── eth0 10.99.<i>.2/32
-//!                            [arp, snat, tproxy]              default via 10.99.<i>.1
+//!                            dp-… 169.254.1.1/32 ─────────── eth0 10.99.<i>.2/32
+//!                            [arp, snat, tproxy]              default via 169.254.1.1
 //! ```
 //!
 //! Everything a [`Topo`] creates (pin root, namespaces, interfaces, the
@@ -313,7 +313,8 @@ pub struct Ctr {
     pub veth: String,
     /// The container's address (10.99.<i>.2).
     pub ip: Ipv4Addr,
-    /// The host veth's address (10.99.<i>.1), the container's gateway.
+    /// The host veth's address (the gateway every container has), the
+    /// container's gateway.
     pub gw: Ipv4Addr,
     /// MAC of the container's eth0.
     pub mac: [u8; 6],
@@ -347,9 +348,9 @@ pub struct Topo {
 }
 
 impl Topo {
-    /// Loads the datapath into a fresh pin root and wires the player and
-    /// host namespaces: the host's external address, dnat on the external
-    /// interface.
+    /// Wires the player and host namespaces and sets the host up with
+    /// `datapathctl setup` on a fresh pin root: the external address, dnat
+    /// on the external interface, getsockopt on a proxy cgroup of its own.
     pub fn new() -> Self {
         Self::new_with(Path::new(DATAPATHCTL))
     }
@@ -379,7 +380,6 @@ impl Topo {
             links: Vec::new(),
             ctl: Ctl { root, bin: bin.to_path_buf() },
         };
-        t.ctl.run(&["load"]);
         for ns in [t.player.clone(), t.host.clone()] {
             ip(&format!("netns add {ns}"));
             t.namespaces.push(ns.clone());
@@ -394,27 +394,95 @@ impl Topo {
         ip(&format!("-n {} link set {pl} up", t.player));
         wait_up(&t.host, &t.ext);
         wait_up(&t.player, &pl);
-        t.ctl.run(&["-n", &t.host, "map", "snat", "set", &EXT_IP.to_string(), &t.ext]);
-        t.ctl.run(&["-n", &t.host, "attach", "dnat", &t.ext]);
+        // The proxy's cgroup, of this topology's own: setup attaches
+        // getsockopt to it (never to the machine's root cgroup).
+        let cg = t.own_cgroup();
+        if t.current() {
+            t.ctl.run(&["-n", &t.host, "setup", "--external", &t.ext, "--proxy-cgroup", cg.to_str().unwrap()]);
+        } else {
+            // A release without `setup`: its commands one by one.
+            t.ctl.run(&["load"]);
+            t.ctl.run(&["-n", &t.host, "map", "snat", "set", &EXT_IP.to_string(), &t.ext]);
+            t.ctl.run(&["-n", &t.host, "attach", "dnat", &t.ext]);
+            t.ctl.run(&["attach", "getsockopt", cg.to_str().unwrap()]);
+        }
         t
     }
 
-    /// Adds container `i` (the next index) as a provisioning script would:
-    /// namespace, veth pair, addresses and routes (`net::wiring`), `map
-    /// veth add`, `attach host`. With `gateway` false its default route has no
-    /// gateway, so it ARPs for every destination.
+    /// Whether `ctl` is this build's `datapathctl` (not another release's).
+    fn current(&self) -> bool {
+        self.ctl.bin == Path::new(DATAPATHCTL)
+    }
+
+    /// Adds container `i` (the next index) with `datapathctl container
+    /// add`: namespace, veth pair, addresses and routes, registration, host
+    /// programs. With `gateway` false its default route has no gateway, so
+    /// it ARPs for every destination.
     pub fn add_container(&mut self, gateway: bool) -> usize {
-        self.wire_container(gateway, true)
+        self.wire_container(gateway, true, &[])
     }
 
-    /// Adds container `i` like [`Topo::add_container`], but its host veth
-    /// only gets `attach host`, never `map veth add`: a veth the datapath
-    /// does not know.
+    /// [`Topo::add_container`] publishing `(host port, proto, container
+    /// port)`s with `container add --publish`.
+    pub fn add_published(&mut self, gateway: bool, ports: &[(u16, &str, u16)]) -> usize {
+        self.wire_container(gateway, true, ports)
+    }
+
+    /// Adds container `i` like [`Topo::add_container`], then unregisters
+    /// its veth (`map veth del`): a veth the datapath does not know, with
+    /// the host programs attached.
     pub fn add_unregistered_container(&mut self, gateway: bool) -> usize {
-        self.wire_container(gateway, false)
+        self.wire_container(gateway, false, &[])
     }
 
-    fn wire_container(&mut self, gateway: bool, register: bool) -> usize {
+    fn wire_container(&mut self, gateway: bool, register: bool, ports: &[(u16, &str, u16)]) -> usize {
+        if !self.current() {
+            assert!(ports.is_empty(), "another release's datapathctl has no container add: publish by hand");
+            return self.wire_by_hand(gateway, register);
+        }
+        let i = self.ctrs.len();
+        let ns = format!("dpe{}c{i}", self.id);
+        let ctr_ip = Ipv4Addr::new(10, 99, i as u8, 2);
+        ip(&format!("netns add {ns}"));
+        self.namespaces.push(ns.clone());
+        ip(&format!("-n {ns} link set lo up"));
+        let ip_s = ctr_ip.to_string();
+        let mut args = vec!["-n", &self.host, "container", "add", &ns, "--netns", &ns, "--ip", &ip_s, "--json"];
+        let publish: Vec<String> = ports.iter().map(|(p, proto, to)| format!("{p}:{to}/{proto}")).collect();
+        for p in &publish {
+            args.extend(["--publish", p.as_str()]);
+        }
+        let out = self.ctl.run(&args);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("`container add` printed no JSON ({e}): {out}"));
+        let c = &v["container"];
+        let veth = c["host_ifname"].as_str().expect("host_ifname").to_string();
+        let gw: Ipv4Addr = c["gateway4"].as_str().expect("gateway4").parse().unwrap();
+        let mac = datapath::net::netif::parse_mac(c["ctr_mac"].as_str().expect("ctr_mac")).unwrap();
+        self.links.push((self.host.clone(), veth.clone()));
+        if !gateway {
+            let mut nl = Rtnl::open_in(&Path::new("/run/netns").join(&ns)).expect("rtnetlink in the container");
+            let eth0 = nl.link("eth0").expect("eth0").index;
+            nl.del_route(&Route::default_via(gw.into(), eth0)).expect("removing the default route");
+            nl.del_route(&Route::to_gateway(gw.into(), eth0)).expect("removing the route to the gateway");
+            let on_link = Route { gateway: None, scope: RouteScope::Link, ..Route::default_via(gw.into(), eth0) };
+            nl.add_route(&on_link).expect("default route on the link");
+        }
+        wait_up(&ns, "eth0");
+        wait_up(&self.host, &veth);
+        let host_mac = within(&self.host, || datapath::net::netif::mac_of(&veth)).expect("host veth MAC");
+        if !register {
+            self.ctl.run(&["-n", &self.host, "map", "veth", "del", &veth]);
+        }
+        self.ctrs.push(Ctr { ns, veth, ip: ctr_ip, gw, mac, host_mac, wired: true });
+        i
+    }
+
+    /// Adds container `i` with another release's `datapathctl`, as a
+    /// provisioning script of that release does: namespace, veth pair,
+    /// addresses and routes (this build's `net::wiring`, with a gateway of
+    /// the container's own, 10.99.<i>.1), `map veth add`, `attach host`.
+    fn wire_by_hand(&mut self, gateway: bool, register: bool) -> usize {
         let i = self.ctrs.len();
         let ns = format!("dpe{}c{i}", self.id);
         let veth = format!("h{}c{i}", self.id);
@@ -423,7 +491,6 @@ impl Topo {
         ip(&format!("netns add {ns}"));
         self.namespaces.push(ns.clone());
         ip(&format!("-n {ns} link set lo up"));
-        // The product's own wiring: veth pair, addresses, routes.
         let mut w = Wiring::new(&ns, Path::new("/run/netns").join(&ns), ctr_ip);
         w.host_ifname = veth.clone();
         w.gateway4 = gw;
@@ -448,7 +515,8 @@ impl Topo {
         i
     }
 
-    /// Publishes container `i`'s port `to_port` on host port `port`.
+    /// Publishes container `i`'s port `to_port` on host port `port`, by
+    /// hand (`map dnat add`).
     pub fn publish(&self, port: u16, i: usize, proto: &str, to_port: u16) {
         let c = &self.ctrs[i];
         self.ctl.run(&[
@@ -468,17 +536,11 @@ impl Topo {
         ]);
     }
 
-    /// Removes container `i` as a deprovisioning script would, given the
-    /// host ports it was published under: `map dnat del`, `map veth del`,
-    /// `detach host`, veth deleted.
-    pub fn remove_container(&mut self, i: usize, ports: &[(u16, &str)]) {
-        for (port, proto) in ports {
-            self.ctl.run(&["map", "dnat", "del", &port.to_string(), "--proto", proto]);
-        }
-        let (host, veth) = (self.host.clone(), self.ctrs[i].veth.clone());
-        self.ctl.run(&["-n", &host, "map", "veth", "del", &veth]);
-        self.ctl.run(&["-n", &host, "detach", "host", &veth]);
-        ip(&format!("-n {host} link del {veth}"));
+    /// Removes container `i` with `datapathctl container del` (its
+    /// namespace stays, empty).
+    pub fn remove_container(&mut self, i: usize) {
+        self.ctl.run(&["container", "del", &self.ctrs[i].ns]);
+        let veth = self.ctrs[i].veth.clone();
         self.links.retain(|(_, l)| *l != veth);
         self.ctrs[i].wired = false;
     }
@@ -498,11 +560,10 @@ impl Topo {
         dir
     }
 
-    /// The test's cgroup with getsockopt attached: the proxy's.
+    /// The proxy's cgroup (of this topology's own, under the cgroup v2
+    /// mount), getsockopt attached to it by `setup`.
     pub fn proxy_cgroup(&mut self) -> PathBuf {
-        let dir = self.own_cgroup();
-        self.ctl.run(&["attach", "getsockopt", dir.to_str().unwrap()]);
-        dir
+        self.cgroup.clone().expect("Topo::new makes the proxy's cgroup")
     }
 
     /// The test's cgroup with host access attached, for the sockets of the

@@ -590,11 +590,12 @@ fn run(cli: Cli) -> Result<()> {
             ContainerCmd::Del { name } => change(json, container::del(&pins, &name)?),
             ContainerCmd::Get { name } => print(json, &container::get(&pins, &name)?, describe_container),
             ContainerCmd::List => print(json, &container::list(&pins)?, |l| {
-                let mut s = format!("{:<24} {:<8} {:<16} {:<16} PUBLISHED", "NAME", "STATE", "HOST VETH", "ADDRESS");
+                let w = l.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
+                let mut s = format!("{:<w$} {:<8} {:<16} {:<16} PUBLISHED", "NAME", "STATE", "HOST VETH", "ADDRESS");
                 for r in l {
                     let ports: Vec<String> = r.ports.iter().map(|p| p.to_string()).collect();
                     s.push_str(&format!(
-                        "\n{:<24} {:<8} {:<16} {:<16} {}",
+                        "\n{:<w$} {:<8} {:<16} {:<16} {}",
                         r.name,
                         r.state.as_str(),
                         r.host_ifname,
