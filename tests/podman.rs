@@ -16,12 +16,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::podman::Podman;
 use common::privileged;
-use common::realsw::{mc_client, TempDir, Tools};
+use common::realsw::{mc_client, Tools};
 use common::topo::{assert_same, ip, sa, snapshot, wait_up, Ctl, CTR_PORT, EXT_IP, PLAYER_IP};
 use common::unique;
 
@@ -30,134 +31,24 @@ const HOST_PORT: u16 = 30001;
 /// The subnet host-local hands out.
 const SUBNET: &str = "10.67.0.0/24";
 
-/// podman confined to a directory and a host namespace of its own.
-struct Podman {
-    dir: TempDir,
-    host: String,
-    net: String,
-}
-
-impl Podman {
-    fn new(host: &str, pin_root: &Path) -> Self {
-        for (what, p) in [("podman", "/usr/bin/podman"), ("runc", "/usr/sbin/runc"), ("host-local", "/usr/lib/cni/host-local")] {
-            assert!(Path::new(p).is_file(), "{what} ({p}) is missing: scripts/tools installs podman, runc and containernetworking-plugins");
-        }
-        let dir = TempDir::new("dppodman");
-        let w = dir.path.clone();
-        for d in ["net.d", "cni-bin", "root", "runroot", "tmp", "volumes", "leases", "rootfs/usr", "rootfs/etc", "rootfs/proc", "rootfs/sys", "rootfs/dev", "rootfs/tmp", "rootfs/mc"] {
-            std::fs::create_dir_all(w.join(d)).unwrap();
-        }
-        // The rootfs: the host's /usr is mounted over usr/ at run time.
-        for (link, to) in [("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")] {
-            std::os::unix::fs::symlink(to, w.join("rootfs").join(link)).unwrap();
-        }
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_datapath-cni"), w.join("cni-bin/datapath-cni")).unwrap();
-        let conf = format!(
-            "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{w}/cni-bin\", \"/usr/lib/cni\"]\n\
-             network_config_dir = \"{w}/net.d\"\n[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
-             runtime = \"runc\"\ntmp_dir = \"{w}/tmp\"\nvolume_path = \"{w}/volumes\"\n",
-            w = w.display()
-        );
-        std::fs::write(w.join("containers.conf"), conf).unwrap();
-        let storage = format!("[storage]\ndriver=\"vfs\"\ngraphroot=\"{0}/root\"\nrunroot=\"{0}/runroot\"\n", w.display());
-        std::fs::write(w.join("storage.conf"), storage).unwrap();
-        let net = unique("dpnet");
-        // podman 4.3's stock plugins refuse cniVersion 1.1.0 in a list.
-        let list = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": net,
-            "plugins": [{
-                "type": "datapath-cni",
-                "pinRoot": pin_root,
-                "capabilities": {"portMappings": true},
-                "ipam": {"type": "host-local", "dataDir": w.join("leases"), "ranges": [[{"subnet": SUBNET}]]},
-            }],
-        });
-        std::fs::write(w.join("net.d").join(format!("{net}.conflist")), list.to_string()).unwrap();
-        Self { dir, host: host.to_string(), net }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let w = &self.dir.path;
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.host)).arg("podman").args(args);
-        c.env("CONTAINERS_CONF", w.join("containers.conf")).env("CONTAINERS_STORAGE_CONF", w.join("storage.conf"));
-        c
-    }
-
-    #[track_caller]
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().expect("running podman");
-        assert!(
-            out.status.success(),
-            "`podman {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The addresses host-local has handed out.
-    fn leases(&self) -> BTreeSet<String> {
-        let Ok(entries) = std::fs::read_dir(self.dir.path.join("leases").join(&self.net)) else { return BTreeSet::new() };
-        entries
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
-            .collect()
-    }
-
-    /// The Minecraft server of tests/tools in a container on our network,
-    /// published on HOST_PORT.
-    fn run_server(&self, name: &str, chunks: u32) {
-        let tools = Tools::get();
-        let rootfs = self.dir.path.join("rootfs");
-        let nofile = format!("nofile={0}:{0}", hard_nofile());
-        let modules = format!("{}:/mc/node_modules:ro", tools.node_modules().display());
-        let scripts = format!("{}:/mc/src:ro", tools.scripts.join("mc").display());
-        let publish = format!("{HOST_PORT}:{CTR_PORT}");
-        let chunks = chunks.to_string();
-        self.run(&[
-            "run", "-d", "--name", name, "--network", &self.net, "-p", &publish,
-            "--ulimit", &nofile, "--ulimit", "nproc=32768:32768",
-            "-v", "/usr:/usr:ro", "-v", &modules, "-v", &scripts, "-e", "NODE_PATH=/mc/node_modules",
-            "--rootfs", rootfs.to_str().unwrap(),
-            "/usr/bin/node", "/mc/src/server.js", "--port", &CTR_PORT.to_string(), "--chunks", &chunks,
-        ]);
-    }
-
-    /// The server's JSON events so far (`podman logs`).
-    fn events(&self, name: &str) -> Vec<serde_json::Value> {
-        self.run(&["logs", name]).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-
-    #[track_caller]
-    fn wait_event(&self, name: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(e) = self.events(name).into_iter().find(&pred) {
-                return e;
-            }
-            assert!(Instant::now() < deadline, "{what}: not seen in 60 s; podman logs {name}:\n{}", self.run(&["logs", name]));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        // Every container of this podman, whatever state the test left.
-        let _ = self.command(&["rm", "-af", "-t", "0"]).output();
-    }
-}
-
-/// The process's hard limit of open files (podman would otherwise try to
-/// raise limits this machine does not let it).
-fn hard_nofile() -> u64 {
-    let mut r = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit fills in a valid rlimit.
-    unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut r) };
-    r.rlim_max
+/// The Minecraft server of tests/tools in a container on `net`, published
+/// on HOST_PORT.
+fn run_server(p: &Podman, name: &str, net: &str, chunks: u32) {
+    let tools = Tools::get();
+    let mounts = [
+        format!("{}:/mc/node_modules:ro", tools.node_modules().display()),
+        format!("{}:/mc/src:ro", tools.scripts.join("mc").display()),
+    ];
+    let publish = format!("{HOST_PORT}:{CTR_PORT}");
+    let (port, chunks) = (CTR_PORT.to_string(), chunks.to_string());
+    p.run_container(
+        name,
+        net,
+        &[&publish],
+        &mounts,
+        &["NODE_PATH=/mc/node_modules"],
+        &["/usr/bin/node", "/mc/src/server.js", "--port", &port, "--chunks", &chunks],
+    );
 }
 
 /// A player and a host namespace, the external veth pair between them,
@@ -237,9 +128,10 @@ fn podman_runs_a_minecraft_server_on_datapath_cni() {
     h.ctl.run(&["-n", &h.host, "setup", "--external", &h.ext, "--proxy-cgroup", h.cgroup.to_str().unwrap()]);
     assert_same("after setup again", &before, &h.state());
 
-    let p = Podman::new(&h.host, &h.ctl.root);
+    let p = Podman::new(&h.host);
+    let net = p.datapath_network(&h.ctl.root, SUBNET);
     let name = unique("mc");
-    p.run_server(&name, 8);
+    run_server(&p, &name, &net, 8);
     p.wait_event(&name, "the server listening", |e| e["event"] == "listening");
 
     // The container as the datapath sees it: one record of our network,
@@ -247,13 +139,13 @@ fn podman_runs_a_minecraft_server_on_datapath_cni() {
     let list: serde_json::Value = serde_json::from_str(&h.ctl.run(&["container", "list", "--json"])).unwrap();
     let recs = list.as_array().unwrap();
     assert_eq!(recs.len(), 1, "{list}");
-    assert_eq!(recs[0]["owner"], p.net.as_str());
+    assert_eq!(recs[0]["owner"], net.as_str());
     assert_eq!(recs[0]["state"], "ready");
     assert_eq!(recs[0]["ports"][0]["host_port"], HOST_PORT);
     let ctr_ip = recs[0]["ip4"].as_str().unwrap().to_string();
-    assert_eq!(p.leases(), BTreeSet::from([ctr_ip.clone()]));
+    assert_eq!(p.leases(&net), BTreeSet::from([ctr_ip.clone()]));
     let inspect: serde_json::Value = serde_json::from_str(&p.run(&["inspect", &name])).unwrap();
-    let nets = &inspect[0]["NetworkSettings"]["Networks"][&p.net];
+    let nets = &inspect[0]["NetworkSettings"]["Networks"][&net];
     assert_eq!(nets["IPAddress"], ctr_ip.as_str(), "podman shows the address of our result: {nets}");
     assert_eq!(nets["Gateway"], "169.254.1.1", "{nets}");
 
@@ -273,9 +165,9 @@ fn podman_runs_a_minecraft_server_on_datapath_cni() {
     // podman rm removes every trace.
     p.run(&["rm", "-f", "-t", "0", &name]);
     assert_same("after podman rm", &before, &h.state());
-    assert!(p.leases().is_empty(), "the IPAM lease is released: {:?}", p.leases());
+    assert!(p.leases(&net).is_empty(), "the IPAM lease is released: {:?}", p.leases(&net));
     let cached = std::fs::read_dir("/var/lib/cni/results")
-        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(&p.net)).count())
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(&net)).count())
         .unwrap_or(0);
     assert_eq!(cached, 0, "no cached CNI result of our network is left");
 }

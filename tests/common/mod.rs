@@ -7,6 +7,7 @@
 pub mod flood;
 pub mod kstate;
 pub mod packet;
+pub mod podman;
 pub mod realsw;
 pub mod topo;
 
