@@ -97,7 +97,13 @@ impl Host {
             if args[0] == "status" {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
                 out.insert(format!("attachments {}", v["attachments"]));
-                out.insert(format!("maps {}", v["maps"]));
+                // The flow tables are LRU caches of traffic, not state
+                // anything made: a player's flow stays until evicted.
+                for m in v["maps"].as_array().unwrap() {
+                    if !["flows4", "host_flows4", "proxy_flows"].contains(&m["name"].as_str().unwrap()) {
+                        out.insert(format!("map {m}"));
+                    }
+                }
             } else {
                 out.insert(format!("{} {text}", args.join(" ")));
             }
