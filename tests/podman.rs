@@ -97,10 +97,12 @@ impl Host {
             if args[0] == "status" {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
                 out.insert(format!("attachments {}", v["attachments"]));
-                // The flow tables are LRU caches of traffic, not state
-                // anything made: a player's flow stays until evicted.
+                // What traffic leaves behind is not state anything made:
+                // the flow tables and the guard's per-source state are
+                // LRU caches, a player's entries stay until evicted.
+                let traffic = ["flows4", "host_flows4", "proxy_flows", "guard_src4", "guard_vsrc4", "guard_verified4"];
                 for m in v["maps"].as_array().unwrap() {
-                    if !["flows4", "host_flows4", "proxy_flows"].contains(&m["name"].as_str().unwrap()) {
+                    if !traffic.contains(&m["name"].as_str().unwrap()) {
                         out.insert(format!("map {m}"));
                     }
                 }
