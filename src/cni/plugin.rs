@@ -17,9 +17,10 @@
 //!   `cni.dev/valid-attachments`, releasing their addresses.
 //! - STATUS fails with code 50 while the datapath is not loaded.
 //!
-//! The IPAM plugin gets the configuration as it came; only when it does
-//! not speak the configuration's `cniVersion` (Debian's plugins stop at
-//! 1.0.0) is the version lowered to the newest it speaks.
+//! The IPAM plugin gets the configuration as it came; only when it
+//! refuses the configuration's `cniVersion` (Debian's plugins stop at
+//! 1.0.0) is it asked for its versions and run again with the newest one
+//! both speak.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -465,8 +466,19 @@ impl Plugin<'_> {
     /// object, if it fails with one, is passed on as it is.
     fn ipam_exec(&self, plugin: &str, command: &str, env: &[(&str, Option<&str>)]) -> Res<Option<CniResult>> {
         let exe = self.find_plugin(plugin)?;
-        let stdin = self.ipam_config(&exe)?;
-        let out = exec(&exe, command, env, &stdin)?;
+        let mut out = exec(&exe, command, env, self.stdin)?;
+        // A plugin that does not speak the configuration's version says
+        // so with code 1 before it does anything: then it is asked which
+        // versions it speaks and gets the newest one both speak.
+        let refused = |o: &std::process::Output| {
+            !o.status.success()
+                && serde_json::from_slice::<CniError>(&o.stdout).is_ok_and(|e| e.code == code::INCOMPATIBLE_VERSION)
+        };
+        if refused(&out) {
+            if let Some(stdin) = self.ipam_config(&exe)? {
+                out = exec(&exe, command, env, &stdin)?;
+            }
+        }
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stdout);
             return Err(match serde_json::from_str::<CniError>(&text) {
@@ -488,10 +500,10 @@ impl Plugin<'_> {
         })
     }
 
-    /// The configuration for the IPAM plugin: as it came, unless the
-    /// plugin does not speak its cniVersion; then with the newest version
-    /// both speak.
-    fn ipam_config(&self, exe: &Path) -> Res<Vec<u8>> {
+    /// The configuration for an IPAM plugin that refused it: with the
+    /// newest version both speak; None if it says it speaks the
+    /// configuration's own (its refusal stands).
+    fn ipam_config(&self, exe: &Path) -> Res<Option<Vec<u8>>> {
         let ours = self.conf.cni_version.as_str();
         let asked = serde_json::json!({ "cniVersion": ours }).to_string();
         let out = exec(exe, "VERSION", &[], asked.as_bytes())?;
@@ -499,7 +511,7 @@ impl Plugin<'_> {
             .map(|v| v.supported_versions)
             .unwrap_or_default();
         if theirs.iter().any(|v| v == ours) || theirs.is_empty() {
-            return Ok(self.stdin.to_vec());
+            return Ok(None);
         }
         let Some(common) = SUPPORTED_VERSIONS.iter().rev().find(|v| theirs.iter().any(|t| t == *v)) else {
             return Err(CniError::new(
@@ -509,7 +521,7 @@ impl Plugin<'_> {
         };
         let mut v: Value = serde_json::from_slice(self.stdin).map_err(|e| CniError::new(code::DECODE, e.to_string()))?;
         v["cniVersion"] = Value::String(common.to_string());
-        Ok(v.to_string().into_bytes())
+        Ok(Some(v.to_string().into_bytes()))
     }
 }
 
