@@ -14,14 +14,15 @@
 //!    iptables hashlimit rule and an nftables meter;
 //! 4. control plane: whole-process time of `datapathctl` commands, and
 //!    attach/detach, load and unload with 10 to 10,000 attached containers;
-//! 5. podman with datapath-cni against podman with the stock bridge and
-//!    portmap plugins: request/response and new connections per second,
-//!    and the time of one CNI ADD and DEL.
+//! 5. containers: `container add`/`del`, and podman with datapath-cni
+//!    against podman with the stock bridge and portmap plugins:
+//!    request/response and new connections per second, and the time of one
+//!    CNI ADD and DEL.
 //!
 //! `--short` runs everything briefly (CI keeps it working); `--write`
 //! replaces the sections it measured in BENCHMARKS.md. Sections can be
-//! chosen with `--only prog|e2e|guard|ctl|scale|podman` (`ctl` includes
-//! `scale`).
+//! chosen with `--only prog|e2e|guard|ctl|scale|containers` (`ctl`
+//! includes `scale`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -88,8 +89,8 @@ fn main() {
     for (_, md) in &sections {
         println!("\n{md}");
     }
-    if want("podman") {
-        sections.push(("podman", machine_line() + &podman_bench(&opts)));
+    if want("containers") {
+        sections.push(("containers", machine_line() + &containers_bench(&opts)));
     }
     if opts.write {
         write_benchmarks_md(&sections);
@@ -108,7 +109,7 @@ fn machine_line() -> String {
 }
 
 /// The order of the generated sections in BENCHMARKS.md.
-const SECTIONS: [&str; 6] = ["prog", "e2e", "guard", "ctl", "scale", "podman"];
+const SECTIONS: [&str; 6] = ["prog", "e2e", "guard", "ctl", "scale", "containers"];
 
 /// Replaces the sections measured in this run between the markers of
 /// BENCHMARKS.md (`<!-- section:NAME -->` inside the generated block) and
@@ -1219,35 +1220,14 @@ fn ctl_bench(opts: &Opts) -> String {
         batch.push(time_cmd(&r, &["-n", &n, "map", "dnat", "add", "--from-file", "-"], Some(&lines)));
         time_cmd(&r, &["unload"], None);
     }
-    // Containers: each in a namespace of its own, made beforehand; the
-    // adds accumulate, so the last runs with `containers` containers there.
-    let containers = if opts.short { 5 } else { 100 };
-    let host = TestNs::new();
-    let spaces: Vec<TestNs> = (0..containers).map(|_| TestNs::new()).collect();
-    let r = format!("/sys/fs/bpf/{}", unique("dpb"));
-    time_cmd(&r, &["load"], None);
-    let (mut cadd, mut cdel) = (Vec::new(), Vec::new());
-    for (i, ns) in spaces.iter().enumerate() {
-        let (name, ip, port) = (format!("c{i}"), format!("10.200.{}.{}", i / 200, i % 200 + 2), format!("{}:25565", 31000 + i));
-        cadd.push(time_cmd(&r, &["-n", &host.name, "container", "add", &name, "--netns", &ns.name, "--ip", &ip, "--publish", &port], None));
-    }
-    for i in 0..containers {
-        cdel.push(time_cmd(&r, &["container", "del", &format!("c{i}")], None));
-    }
-    time_cmd(&r, &["unload"], None);
-    drop(spaces);
     let s = format!(
         "### Control plane\n\nWhole `datapathctl` processes (release build), wall time, median.\n\n\
          | what | median (ms) | runs | target |\n|---|---:|---:|---:|\n\
          | `map dnat add` (one mapping, `-n NETNS`) | {:.2} | {adds} | ≤ 3 |\n\
-         | `container add` (veth pair, addresses, routes, attach, register, one port; up to {containers} containers) | {:.1} | {containers} | ≤ 30 |\n\
-         | `container del` (everything `add` made) | {:.1} | {containers} | ≤ 30 |\n\
          | `map dnat add --from-file -` (10,000 mappings) | {:.1} | {batches} | ≤ 500 |\n\
          | `load`, first (creates and pins everything) | {:.1} | {} | ≤ 300 |\n\
          | `load` on a running system (replace in place) | {:.1} | {loads} | ≤ 300 |\n\n",
         median(add),
-        median(cadd),
-        median(cdel),
         median(batch),
         median(first.clone()),
         first.len(),
@@ -1339,7 +1319,8 @@ fn scale_bench(opts: &Opts) -> String {
 }
 
 // ---------------------------------------------------------------------
-// 5. podman: datapath-cni against the stock bridge + portmap plugins
+// 5. Containers: one command, and podman with datapath-cni against the
+//    stock bridge + portmap plugins
 
 /// Unloads a pin root on drop.
 struct Unload(String);
@@ -1458,9 +1439,31 @@ fn remove_hostport_chains(host: &TestNs) -> usize {
     chains.len()
 }
 
-fn podman_bench(opts: &Opts) -> String {
-    eprintln!("bench: podman (datapath-cni against bridge + portmap)");
-    let (secs, runs, cni_runs) = if opts.short { (0.3, 1, 3) } else { (3.0, 3, 30) };
+/// `container add` and `container del` as whole processes, each
+/// container in a namespace of its own made beforehand; the adds
+/// accumulate, so the last runs with `n` containers there. Median ms.
+fn container_times(n: usize) -> (f64, f64) {
+    let host = TestNs::new();
+    let spaces: Vec<TestNs> = (0..n).map(|_| TestNs::new()).collect();
+    let r = format!("/sys/fs/bpf/{}", unique("dpb"));
+    let _unload = Unload(r.clone());
+    time_cmd(&r, &["load"], None);
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    for (i, ns) in spaces.iter().enumerate() {
+        let (name, ip, port) = (format!("c{i}"), format!("10.200.{}.{}", i / 200, i % 200 + 2), format!("{}:25565", 31000 + i));
+        add.push(time_cmd(&r, &["-n", &host.name, "container", "add", &name, "--netns", &ns.name, "--ip", &ip, "--publish", &port], None));
+    }
+    for i in 0..n {
+        del.push(time_cmd(&r, &["container", "del", &format!("c{i}")], None));
+    }
+    (median(add), median(del))
+}
+
+fn containers_bench(opts: &Opts) -> String {
+    eprintln!("bench: containers (container add/del, datapath-cni against bridge + portmap)");
+    let (secs, runs, cni_runs, n) = if opts.short { (0.3, 1, 3, 5) } else { (3.0, 3, 30, 100) };
+    let (cadd, cdel) = container_times(n);
+    eprintln!("  container add {cadd:.1} ms, container del {cdel:.1} ms");
     let player = TestNs::new();
     let host = TestNs::new();
     host.ip(&format!("link add ext0 type veth peer name p0 netns {}", player.name));
@@ -1494,10 +1497,15 @@ fn podman_bench(opts: &Opts) -> String {
     let chains = remove_hostport_chains(&host);
     let (d, b) = (&rows[0], &rows[1]);
     let mut s = format!(
-        "### podman: datapath-cni against bridge + portmap\n\n\
+        "### Containers\n\n\
+         Whole `datapathctl` processes (release build), wall time, median of {n}; each container in a network \
+         namespace of its own, the adds accumulating (the last with {n} containers there).\n\n\
+         | what | median (ms) | runs | target |\n|---|---:|---:|---:|\n\
+         | `container add` (veth pair, addresses, routes, attach, register, one port) | {cadd:.1} | {n} | ≤ 30 |\n\
+         | `container del` (everything `add` made) | {cdel:.1} | {n} | ≤ 30 |\n\n\
          podman 4 (CNI backend) in a host namespace, `podman run --network <net> -p 30001:25565` of a container \
          whose namespace the benchmark's server runs in; the player namespace connects to the host's external \
-         address. Same measurements as above (median of {runs} run(s) of {secs} s). The comparison is podman's \
+         address. The end-to-end section's measurements (median of {runs} run(s) of {secs} s). The comparison is podman's \
          stock network: the bridge plugin (gateway, masquerade) and the portmap plugin (iptables DNAT).\n\n\
          | set-up | request/response (/s) | new connections (/s) |\n|---|---:|---:|\n"
     );
