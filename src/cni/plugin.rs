@@ -342,7 +342,19 @@ impl Plugin<'_> {
                 .and_then(|c| c.get(&name))
                 .map_err(|e| CniError::new(code::DATAPATH, format!("reading container {}: {e:#}", cut(&name))))?;
             if rec.is_some_and(|r| r.owner == self.conf.name) {
-                container::del(&self.pins, &name).map_err(|e| container_error(&e))?;
+                // The address is released as soon as the host no longer
+                // routes it, while the kernel deletes the veth pair.
+                let mut started: Option<Res<Pending>> = None;
+                let r = container::del_with(&self.pins, &name, &mut || {
+                    if let Some(ipam) = self.conf.ipam_type() {
+                        started = Some(self.ipam_start(ipam, "DEL", &[]));
+                    }
+                });
+                let released = started.map(|p| p.and_then(|p| self.ipam_finish(p)));
+                r.map_err(|e| container_error(&e))?;
+                if let Some(released) = released {
+                    return released.map(drop);
+                }
             }
         } else {
             // No records without a loaded datapath, but the veth may be
@@ -465,11 +477,25 @@ impl Plugin<'_> {
     /// `env` overriding (Some) or removing (None) variables. Its error
     /// object, if it fails with one, is passed on as it is.
     fn ipam_exec(&self, plugin: &str, command: &str, env: &[(&str, Option<&str>)]) -> Res<Option<CniResult>> {
+        self.ipam_start(plugin, command, env).and_then(|p| self.ipam_finish(p))
+    }
+
+    /// Starts the IPAM plugin for `command` with the configuration as it
+    /// came; [`Plugin::ipam_finish`] waits for it.
+    fn ipam_start<'e>(&self, plugin: &'e str, command: &'e str, env: &'e [(&'e str, Option<&'e str>)]) -> Res<Pending<'e>> {
         let exe = self.find_plugin(plugin)?;
-        let mut out = exec(&exe, command, env, self.stdin)?;
-        // A plugin that does not speak the configuration's version says
-        // so with code 1 before it does anything: then it is asked which
-        // versions it speaks and gets the newest one both speak.
+        let child = spawn(&exe, command, env, self.stdin)?;
+        Ok(Pending { exe, child, plugin, command, env })
+    }
+
+    /// Waits for a started IPAM plugin. A plugin that does not speak the
+    /// configuration's version says so with code 1 before it does
+    /// anything: then it is asked which versions it speaks and run again
+    /// with the newest one both speak.
+    fn ipam_finish(&self, p: Pending<'_>) -> Res<Option<CniResult>> {
+        let Pending { exe, child, plugin, command, env } = p;
+        let io = |e: std::io::Error| CniError::new(code::IO_FAILURE, format!("running {}: {e}", exe.display()));
+        let mut out = child.wait_with_output().map_err(io)?;
         let refused = |o: &std::process::Output| {
             !o.status.success()
                 && serde_json::from_slice::<CniError>(&o.stdout).is_ok_and(|e| e.code == code::INCOMPATIBLE_VERSION)
@@ -525,8 +551,18 @@ impl Plugin<'_> {
     }
 }
 
-/// Runs a plugin executable with CNI_COMMAND and `env` changes.
-fn exec(exe: &Path, command: &str, env: &[(&str, Option<&str>)], stdin: &[u8]) -> Res<std::process::Output> {
+/// An IPAM plugin started and not waited for yet.
+struct Pending<'e> {
+    exe: PathBuf,
+    child: std::process::Child,
+    plugin: &'e str,
+    command: &'e str,
+    env: &'e [(&'e str, Option<&'e str>)],
+}
+
+/// Starts a plugin executable with CNI_COMMAND and `env` changes, its
+/// stdin written and closed.
+fn spawn(exe: &Path, command: &str, env: &[(&str, Option<&str>)], stdin: &[u8]) -> Res<std::process::Child> {
     let mut c = Command::new(exe);
     c.env("CNI_COMMAND", command).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
@@ -537,10 +573,18 @@ fn exec(exe: &Path, command: &str, env: &[(&str, Option<&str>)], stdin: &[u8]) -
     }
     let io = |e: std::io::Error| CniError::new(code::IO_FAILURE, format!("running {}: {e}", exe.display()));
     let mut child = c.spawn().map_err(io)?;
+    // A plugin reads its configuration as it starts; dropping the pipe
+    // after writing closes it.
     if let Some(mut i) = child.stdin.take() {
         i.write_all(stdin).map_err(io)?;
     }
-    child.wait_with_output().map_err(io)
+    Ok(child)
+}
+
+/// Runs a plugin executable with CNI_COMMAND and `env` changes.
+fn exec(exe: &Path, command: &str, env: &[(&str, Option<&str>)], stdin: &[u8]) -> Res<std::process::Output> {
+    let child = spawn(exe, command, env, stdin)?;
+    child.wait_with_output().map_err(|e| CniError::new(code::IO_FAILURE, format!("running {}: {e}", exe.display())))
 }
 
 /// The first IPv4 address of an IPAM result. IPv6 is refused: this build

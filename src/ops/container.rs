@@ -32,7 +32,7 @@ use crate::abi::types;
 use crate::maps::containers::put_txn;
 use crate::maps::{self, name, published, Change, Mapping, PortCounters, Txn, VethMap};
 use crate::net::netns::NetnsGuard;
-use crate::net::rtnl::{self, check_name};
+use crate::net::rtnl::{self, check_name, Route, Rtnl};
 use crate::net::wiring::{self, Wiring};
 use crate::net::netif;
 
@@ -418,7 +418,7 @@ impl<'a> Add<'a> {
             }
             // Left by a command that was killed, or its veth is gone:
             // what it describes goes first.
-            remove(pins, &records, &cur).map_err(|e| {
+            remove(pins, &records, &cur, &mut || {}).map_err(|e| {
                 self.err(Step::Check, ErrorKind::Other, e.context("removing what an interrupted command left"))
             })?;
         }
@@ -609,8 +609,10 @@ fn detach(pins: &PinRoot, rec: &Record) -> anyhow::Result<()> {
 /// Removes what `rec` says was made and then the record: marked
 /// `deleting` first, so a killed `del` is finished by the next command.
 /// Each part is removed only if it is still the container's own, and
-/// what is gone already is skipped. Runs under the pin root's lock.
-fn remove(pins: &PinRoot, records: &Containers, rec: &Record) -> anyhow::Result<()> {
+/// what is gone already is skipped. `unrouted` is called once the
+/// container's address is no longer routed on the host, before the veth
+/// pair is deleted. Runs under the pin root's lock.
+fn remove(pins: &PinRoot, records: &Containers, rec: &Record, unrouted: &mut dyn FnMut()) -> anyhow::Result<()> {
     if rec.state != State::Deleting {
         let mut r = rec.clone();
         r.state = State::Deleting;
@@ -624,6 +626,15 @@ fn remove(pins: &PinRoot, records: &Containers, rec: &Record) -> anyhow::Result<
     unpublish_and_unregister(pins, rec).context("unpublishing and unregistering")?;
     if !host_gone {
         detach(pins, rec).context("detaching the host programs")?;
+        // The host route first: once it is gone the address is free on
+        // the host (no registration, mapping or route names it), and the
+        // caller may release it while the kernel deletes the veth pair,
+        // which waits for RCU grace periods.
+        if rec.host_ifindex != 0 && netif::name_of(rec.host_ifindex).is_ok_and(|n| n == rec.host_ifname) {
+            let route = Route::host(rec.ip4.into(), rec.host_ifindex);
+            Rtnl::open().and_then(|mut nl| nl.del_route(&route)).context("removing the host route")?;
+        }
+        unrouted();
         match wiring::unwire(&wiring_of(rec)) {
             Ok(_) => {}
             // A link of that name that is not this container's veth: its
@@ -640,6 +651,15 @@ fn remove(pins: &PinRoot, records: &Containers, rec: &Record) -> anyhow::Result<
 /// `container del`: removes exactly what `add` made. Deleting a container
 /// that is not there succeeds (Absent), also when its namespace is gone.
 pub fn del(pins: &PinRoot, name: &str) -> Result<Change, Error> {
+    del_with(pins, name, &mut || {})
+}
+
+/// [`del`], calling `unrouted` once the container's address is no longer
+/// routed on the host — after its mappings, registration, attachment and
+/// host route are gone, before its veth pair is deleted (the slow part) —
+/// so the CNI plugin releases the address meanwhile. Not called if there
+/// is no such container, or its host side's namespace is gone.
+pub fn del_with(pins: &PinRoot, name: &str, unrouted: &mut dyn FnMut()) -> Result<Change, Error> {
     check_container_name(name).map_err(|e| fail(name, Step::Check, ErrorKind::Invalid, e))?;
     if !pins.is_loaded() {
         return Err(fail(
@@ -655,7 +675,7 @@ pub fn del(pins: &PinRoot, name: &str) -> Result<Change, Error> {
     let Some(rec) = records.get(name).map_err(other)? else {
         return Ok(Change::Absent);
     };
-    remove(pins, &records, &rec).map_err(other)?;
+    remove(pins, &records, &rec, unrouted).map_err(other)?;
     Ok(Change::Deleted)
 }
 
