@@ -1501,8 +1501,8 @@ fn containers_bench(opts: &Opts) -> String {
          Whole `datapathctl` processes (release build), wall time, median of {n}; each container in a network \
          namespace of its own, the adds accumulating (the last with {n} containers there).\n\n\
          | what | median (ms) | runs | target |\n|---|---:|---:|---:|\n\
-         | `container add` (veth pair, addresses, routes, attach, register, one port) | {cadd:.1} | {n} | ≤ 30 |\n\
-         | `container del` (everything `add` made) | {cdel:.1} | {n} | ≤ 30 |\n\n\
+         | `container add` (veth pair, addresses, routes, attach, register, one port) | {cadd:.1} | {n} | — |\n\
+         | `container del` (everything `add` made) | {cdel:.1} | {n} | — |\n\n\
          podman 4 (CNI backend) in a host namespace, `podman run --network <net> -p 30001:25565` of a container \
          whose namespace the benchmark's server runs in; the player namespace connects to the host's external \
          address. The end-to-end section's measurements (median of {runs} run(s) of {secs} s). The comparison is podman's \
