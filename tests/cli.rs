@@ -471,6 +471,7 @@ fn the_boot_script_runs_setup_and_refuses_a_state_it_cannot_apply() {
             .env("DATAPATH_ADDRESS", "198.51.100.1")
             .env("DATAPATH_PROXY_CGROUP", cg.path())
             .env("DATAPATH_GATEWAY", "")
+            .env("DATAPATH_HOST_ACCESS_CGROUP", cg.path())
             .env("DATAPATH_STATE", state)
             .output()
             .unwrap()
@@ -479,7 +480,8 @@ fn the_boot_script_runs_setup_and_refuses_a_state_it_cannot_apply() {
     assert!(o.status.success(), "{o:?}");
     let first = host_state(&ctl);
     assert_eq!((&first.2[0]["addr"], &first.2[0]["default"]), (&serde_json::json!("198.51.100.1"), &serde_json::json!(true)));
-    assert_eq!(first.0.as_array().unwrap().len(), 2, "{}", first.0);
+    let kinds: Vec<(&str, &str)> = first.0.as_array().unwrap().iter().map(|a| (a["kind"].as_str().unwrap(), a["target"].as_str().unwrap())).collect();
+    assert_eq!(kinds, vec![("dnat", "dpext"), ("getsockopt", cg.path()), ("host-access", cg.path())], "{}", first.0);
     let o = boot("");
     assert!(o.status.success(), "{o:?}");
     assert_eq!(host_state(&ctl), first, "a second boot changes nothing");
