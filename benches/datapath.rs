@@ -576,21 +576,21 @@ fn topo(setup: Setup) -> Topo {
             nsexec(&host, "iptables -t nat -A POSTROUTING -s 10.99.0.2/32 -o ext0 -j MASQUERADE");
         }
         Setup::Datapath => {
-            // The product's own two commands, then host access on a cgroup
-            // of the benchmark's own that the process moves into.
+            // The product's own two commands, host access on a cgroup of
+            // the benchmark's own that the process moves into.
             let r = format!("/sys/fs/bpf/{}", unique("dpb"));
             let h = host.name.as_str();
             let cg = Cgroup::new();
             root = Some(r.clone());
-            ctl(&r, &["-n", h, "setup", "--external", "ext0", "--proxy-cgroup", cg.path()]);
+            let from = own_cgroup();
+            let hcg = datapath::kernel::attach::cgroup2_root().expect("cgroup v2 mount").join(unique("dpb"));
+            std::fs::create_dir(&hcg).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", hcg.display()));
+            cgroup = Some((hcg.clone(), from));
+            let hcg_s = hcg.to_str().unwrap();
+            ctl(&r, &["-n", h, "setup", "--external", "ext0", "--proxy-cgroup", cg.path(), "--host-access-cgroup", hcg_s]);
             proxy_cgroup = Some(cg);
             ctl(&r, &["-n", h, "container", "add", "mc", "--netns", &ctr.name, "--ip", "10.99.0.2", "--publish", "30001:25565"]);
-            let from = own_cgroup();
-            let cg = datapath::kernel::attach::cgroup2_root().expect("cgroup v2 mount").join(unique("dpb"));
-            std::fs::create_dir(&cg).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cg.display()));
-            cgroup = Some((cg.clone(), from));
-            ctl(&r, &["-n", h, "attach", "host-access", cg.to_str().unwrap()]);
-            move_self_to(&cg);
+            move_self_to(&hcg);
         }
         Setup::Direct => unreachable!(),
     }
@@ -1474,7 +1474,7 @@ fn containers_bench(opts: &Opts) -> String {
     let root = format!("/sys/fs/bpf/{}", unique("dpb"));
     let cg = Cgroup::new();
     let _unload = Unload(root.clone());
-    ctl(&root, &["-n", &host.name, "setup", "--external", "ext0", "--proxy-cgroup", cg.path()]);
+    ctl(&root, &["-n", &host.name, "setup", "--external", "ext0", "--proxy-cgroup", cg.path(), "--no-host-access"]);
     let p = common::podman::Podman::new(&host.name);
     let dp = p.datapath_network(std::path::Path::new(&root), "10.68.0.0/24");
     let br = p.bridge_network("dpbench0", "10.69.0.0/24");

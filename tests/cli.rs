@@ -402,11 +402,13 @@ fn setup_sets_the_host_up_once_and_refuses_bad_input() {
 
     // Bad input before anything is loaded: nothing is made.
     for (what, args) in [
-        ("no such interface", vec!["-n", n, "setup", "--external", "nosuch0", "--proxy-cgroup", cg.path()]),
+        ("no such interface", vec!["-n", n, "setup", "--external", "nosuch0", "--proxy-cgroup", cg.path(), "--host-access-cgroup", cg.path()]),
         ("no such cgroup", vec!["-n", n, "setup", "--external", "dpext", "--proxy-cgroup", "/sys/fs/cgroup/no/such"]),
-        ("broadcast address", vec!["-n", n, "setup", "--external", "dpext", "--address", "198.51.100.1", "--address", "255.255.255.255", "--proxy-cgroup", cg.path()]),
-        ("loopback address", vec!["-n", n, "setup", "--external", "dpext", "--address", "127.0.0.1", "--proxy-cgroup", cg.path()]),
-        ("multicast gateway", vec!["-n", n, "setup", "--external", "dpext", "--gateway", "224.0.0.1", "--proxy-cgroup", cg.path()]),
+        ("broadcast address", vec!["-n", n, "setup", "--external", "dpext", "--address", "198.51.100.1", "--address", "255.255.255.255", "--proxy-cgroup", cg.path(), "--host-access-cgroup", cg.path()]),
+        ("loopback address", vec!["-n", n, "setup", "--external", "dpext", "--address", "127.0.0.1", "--proxy-cgroup", cg.path(), "--host-access-cgroup", cg.path()]),
+        ("multicast gateway", vec!["-n", n, "setup", "--external", "dpext", "--gateway", "224.0.0.1", "--proxy-cgroup", cg.path(), "--host-access-cgroup", cg.path()]),
+        ("no such host access cgroup", vec!["-n", n, "setup", "--external", "dpext", "--proxy-cgroup", cg.path(), "--host-access-cgroup", "/sys/fs/cgroup/no/such"]),
+        ("host access both named and refused", vec!["-n", n, "setup", "--external", "dpext", "--proxy-cgroup", cg.path(), "--host-access-cgroup", cg.path(), "--no-host-access"]),
         ("no --external", vec!["-n", n, "setup"]),
     ] {
         let o = ctl.run(&args);
@@ -415,24 +417,27 @@ fn setup_sets_the_host_up_once_and_refuses_bad_input() {
         assert!(!std::path::Path::new(&ctl.root).exists(), "{what}: nothing is loaded");
     }
     ns.ip("link add dpnoaddr type veth peer name dpnoaddrp");
-    let o = ctl.run(&["-n", n, "setup", "--external", "dpnoaddr", "--proxy-cgroup", cg.path()]);
+    let o = ctl.run(&["-n", n, "setup", "--external", "dpnoaddr", "--proxy-cgroup", cg.path(), "--host-access-cgroup", cg.path()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("has no IPv4 address"), "{o:?}");
 
     // The interface's own address by default; everything attached.
-    let r = ctl.json(&["-n", n, "setup", "--external", "dpext", "--proxy-cgroup", cg.path()]);
+    let r = ctl.json(&["-n", n, "setup", "--external", "dpext", "--proxy-cgroup", cg.path(), "--host-access-cgroup", cg.path()]);
     assert_eq!(r["addresses"], serde_json::json!(["198.51.100.1"]));
     assert_eq!(r["gateway"], "169.254.1.1");
     assert_eq!(r["external_interface"], "dpext");
     let first = host_state(&ctl);
     let targets: Vec<&str> = first.0.as_array().unwrap().iter().map(|a| a["target"].as_str().unwrap()).collect();
-    assert_eq!(targets, vec!["dpext", cg.path()], "dnat on the interface, getsockopt on the cgroup: {}", first.0);
+    let kinds: Vec<&str> = first.0.as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(targets, vec!["dpext", cg.path(), cg.path()], "dnat on the interface, getsockopt and host access on the cgroup: {}", first.0);
+    assert_eq!(kinds, vec!["dnat", "getsockopt", "host-access"], "{}", first.0);
+    assert_eq!(r["host_access_cgroup"], cg.path());
     assert_eq!((&first.2[0]["addr"], &first.2[0]["default"]), (&serde_json::json!("198.51.100.1"), &serde_json::json!(true)));
     assert!(tc_show(&ns, "filter show dev dpext ingress").contains("dnat"));
 
     // Again: the same state; a given address and gateway are taken.
-    ctl.ok(&["-n", n, "setup", "--external", "dpext", "--proxy-cgroup", cg.path()]);
+    ctl.ok(&["-n", n, "setup", "--external", "dpext", "--proxy-cgroup", cg.path(), "--host-access-cgroup", cg.path()]);
     assert_eq!(host_state(&ctl), first);
-    let r = ctl.json(&["-n", n, "setup", "--external", "dpext", "--address", "198.51.100.7", "--gateway", "169.254.7.1", "--proxy-cgroup", cg.path()]);
+    let r = ctl.json(&["-n", n, "setup", "--external", "dpext", "--address", "198.51.100.7", "--gateway", "169.254.7.1", "--proxy-cgroup", cg.path(), "--host-access-cgroup", cg.path()]);
     assert_eq!((&r["addresses"][0], &r["gateway"]), (&serde_json::json!("198.51.100.7"), &serde_json::json!("169.254.7.1")));
     // Addresses are added as default ones; the first stays.
     let ext: Vec<String> = ctl.json(&["map", "external", "list"]).as_array().unwrap().iter().map(|e| format!("{} {}", e["addr"], e["default"])).collect();
@@ -442,10 +447,10 @@ fn setup_sets_the_host_up_once_and_refuses_bad_input() {
     let ctr = TestNs::new();
     let added = ctl.json(&["-n", n, "container", "add", "gwtest", "--netns", &ctr.name, "--ip", "10.88.0.2"]);
     assert_eq!(added["container"]["gateway4"], "169.254.7.1", "new containers get the gateway setup set");
-    let o = ctl.run(&["-n", n, "setup", "--external", "dpext", "--gateway", "169.254.1.1", "--proxy-cgroup", cg.path()]);
+    let o = ctl.run(&["-n", n, "setup", "--external", "dpext", "--gateway", "169.254.1.1", "--proxy-cgroup", cg.path(), "--host-access-cgroup", cg.path()]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("in use by 1 container"), "{o:?}");
     ctl.ok(&["container", "del", "gwtest"]);
-    ctl.ok(&["-n", n, "setup", "--external", "dpext", "--gateway", "169.254.1.1", "--proxy-cgroup", cg.path()]);
+    ctl.ok(&["-n", n, "setup", "--external", "dpext", "--gateway", "169.254.1.1", "--proxy-cgroup", cg.path(), "--host-access-cgroup", cg.path()]);
 }
 
 #[test]

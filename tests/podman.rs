@@ -130,10 +130,10 @@ fn podman_runs_a_minecraft_server_on_datapath_cni() {
         return;
     }
     let h = Host::new();
-    h.ctl.run(&["-n", &h.host, "setup", "--external", &h.ext, "--proxy-cgroup", h.cgroup.to_str().unwrap()]);
+    h.ctl.run(&["-n", &h.host, "setup", "--external", &h.ext, "--proxy-cgroup", h.cgroup.to_str().unwrap(), "--no-host-access"]);
     // setup again: nothing changes.
     let before = h.state();
-    h.ctl.run(&["-n", &h.host, "setup", "--external", &h.ext, "--proxy-cgroup", h.cgroup.to_str().unwrap()]);
+    h.ctl.run(&["-n", &h.host, "setup", "--external", &h.ext, "--proxy-cgroup", h.cgroup.to_str().unwrap(), "--no-host-access"]);
     assert_same("after setup again", &before, &h.state());
 
     let p = Podman::new(&h.host);

@@ -1,8 +1,8 @@
 //! `setup`: the whole host in one idempotent command. It checks every
 //! argument first, then loads (or upgrades in place), adds the external
-//! addresses (default ones), attaches dnat on the external interface and
-//! getsockopt on the proxy's cgroup, and records the gateway address
-//! containers get.
+//! addresses (default ones), attaches dnat on the external interface,
+//! getsockopt on the proxy's cgroup and host access on the cgroup v2 root
+//! (or the cgroup named), and records the gateway address containers get.
 //! Running it again with the same arguments changes nothing but the
 //! programs, which `load` replaces in place with the same ones.
 
@@ -33,6 +33,10 @@ pub struct SetupOptions {
     /// The gateway address of every host veth; None: keep the current one
     /// (169.254.1.1 unless set before).
     pub gateway: Option<Ipv4Addr>,
+    /// Where host access goes: None: the cgroup v2 root.
+    pub host_access_cgroup: Option<PathBuf>,
+    /// No host access (`--no-host-access`): what is attached stays.
+    pub no_host_access: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -41,6 +45,8 @@ pub struct SetupReport {
     pub external_interface: String,
     pub addresses: Vec<Ipv4Addr>,
     pub proxy_cgroup: PathBuf,
+    /// The cgroup host access is attached to; None with --no-host-access.
+    pub host_access_cgroup: Option<PathBuf>,
     pub gateway: Ipv4Addr,
 }
 
@@ -104,6 +110,15 @@ pub fn setup(pins: &PinRoot, netns: Option<&str>, opts: &SetupOptions) -> Result
     if !cgroup.is_dir() {
         bail!("proxy cgroup {} is not a directory", cgroup.display());
     }
+    let host_access = match (&opts.host_access_cgroup, opts.no_host_access) {
+        (Some(_), true) => bail!("--host-access-cgroup and --no-host-access exclude each other"),
+        (_, true) => None,
+        (Some(p), false) => Some(p.clone()),
+        (None, false) => Some(attach::cgroup2_root()?),
+    };
+    if let Some(p) = host_access.as_ref().filter(|p| !p.is_dir()) {
+        bail!("host access cgroup {} is not a directory", p.display());
+    }
 
     let load = super::load(pins, LoadOptions::default())?;
     let gateway = containers::gateway(pins)?;
@@ -123,11 +138,17 @@ pub fn setup(pins: &PinRoot, netns: Option<&str>, opts: &SetupOptions) -> Result
     }
     super::attach_tc(pins, netns, Kind::Dnat, &ext.index.to_string())?;
     super::attach_getsockopt(pins, Some(&cgroup))?;
+    if let Some(p) = &host_access {
+        // The host's namespace is -n's: its cookie is what host access
+        // compares sockets' namespaces with.
+        super::attach_cgroup(pins, netns, Kind::HostAccess, Some(p))?;
+    }
     Ok(SetupReport {
         load,
         external_interface: ext.name,
         addresses,
         proxy_cgroup: cgroup,
+        host_access_cgroup: host_access,
         gateway: containers::gateway(pins)?,
     })
 }

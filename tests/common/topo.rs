@@ -395,10 +395,13 @@ impl Topo {
         wait_up(&t.host, &t.ext);
         wait_up(&t.player, &pl);
         // The proxy's cgroup, of this topology's own: setup attaches
-        // getsockopt to it (never to the machine's root cgroup).
+        // getsockopt to it (never to the machine's root cgroup), and no
+        // host access (whose default is the root).
         let cg = t.own_cgroup();
         if t.current() {
-            t.ctl.run(&["-n", &t.host, "setup", "--external", &t.ext, "--proxy-cgroup", cg.to_str().unwrap()]);
+            // Host access is attached where a test asks for it
+            // (host_access_cgroup()).
+            t.ctl.run(&["-n", &t.host, "setup", "--external", &t.ext, "--proxy-cgroup", cg.to_str().unwrap(), "--no-host-access"]);
         } else {
             // A release without `setup`: its commands one by one.
             t.ctl.run(&["load"]);

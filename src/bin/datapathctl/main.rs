@@ -57,7 +57,8 @@ enum Cmd {
     /// Detach everything and remove every pin.
     Unload,
     /// Set up the whole host: load, external address, dnat on the external
-    /// interface, getsockopt on the proxy's cgroup, the containers' gateway.
+    /// interface, getsockopt on the proxy's cgroup, host access, the
+    /// containers' gateway.
     Setup {
         /// External interface, by name or index.
         #[arg(long, value_name = "IF")]
@@ -72,6 +73,13 @@ enum Cmd {
         /// (default 169.254.1.1; changes only while there are no containers).
         #[arg(long, value_name = "A", value_parser = parse_ipv4)]
         gateway: Option<Ipv4Addr>,
+        /// cgroup v2 directory whose processes get host access
+        /// (default: the cgroup v2 root).
+        #[arg(long, value_name = "PATH", conflicts_with = "no_host_access")]
+        host_access_cgroup: Option<PathBuf>,
+        /// Do not attach host access.
+        #[arg(long)]
+        no_host_access: bool,
     },
     /// Containers: veth pair, addresses, routes, registration, host
     /// programs and published ports in one command.
@@ -558,12 +566,17 @@ fn run(cli: Cli) -> Result<()> {
             })
         }
         Cmd::Unload => ops::unload(&pins).and_then(|()| ok(json)),
-        Cmd::Setup { external, addresses, proxy_cgroup, gateway } => {
-            let r = ops::setup::setup(&pins, ns, &SetupOptions { external, addresses, proxy_cgroup, gateway })?;
+        Cmd::Setup { external, addresses, proxy_cgroup, gateway, host_access_cgroup, no_host_access } => {
+            let opts = SetupOptions { external, addresses, proxy_cgroup, gateway, host_access_cgroup, no_host_access };
+            let r = ops::setup::setup(&pins, ns, &opts)?;
             print(json, &r, |r| {
                 let addrs: Vec<String> = r.addresses.iter().map(|a| a.to_string()).collect();
+                let host_access = match &r.host_access_cgroup {
+                    Some(p) => format!("host access on {}", p.display()),
+                    None => "no host access".into(),
+                };
                 format!(
-                    "set up under {}: external {} on {}, dnat attached, getsockopt on {}, gateway {}",
+                    "set up under {}: external {} on {}, dnat attached, getsockopt on {}, {host_access}, gateway {}",
                     r.load.pin_root,
                     addrs.join(", "),
                     r.external_interface,
