@@ -7,7 +7,8 @@
 //!   million sources at a published Java port and spoofed UDP at a
 //!   published Bedrock port, plus both from a denied range, while a real
 //!   player (npm minecraft-protocol) logs in and plays through the Java
-//!   port: the player succeeds within 5 s with a stable round trip, and
+//!   port: the player succeeds within 5 s (or three times its login
+//!   without a flood, on a machine that busy) with a stable round trip, and
 //!   nothing from the denied range reaches the container;
 //! - a denied address gets no TCP connection and no UDP answer, and does
 //!   again once the entry is deleted;
@@ -158,7 +159,10 @@ fn player_plays_through_a_spoofed_flood() {
     eprintln!("sent per class {sent:?}; stats moved: {:?}", stat_deltas(&before, &after));
 
     assert!(r.ok && r.complete, "{what}: the player failed: {r:?}\nserver log:\n{}", server.proc.log());
-    assert!(took <= Duration::from_secs(5), "{what}: the player took {took:?} to log in and join (5 s at most)");
+    // 5 s at most; on a machine so busy that the login without a flood
+    // takes long too, three times that login.
+    let limit = Duration::from_secs(5).max(quiet * 3);
+    assert!(took <= limit, "{what}: the player took {took:?} to log in and join ({limit:?} at most; {quiet:?} without a flood)");
     let rtt = r.rtt.as_ref().unwrap_or_else(|| panic!("{what}: no round trips: {r:?}"));
     assert!(rtt.lost == 0 && rtt.count >= 10, "{what}: round trips {rtt:?}");
     let (median, max) = (rtt.median_ms.unwrap(), rtt.max_ms.unwrap());

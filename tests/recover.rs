@@ -354,7 +354,10 @@ impl Bench {
 
     /// Runs `args` with this build and kills it (SIGKILL) after `delay`
     /// unless it finished first; true if it was killed.
-    fn kill_after(&self, root: &Path, args: &[&str], delay: Duration) -> bool {
+    /// Runs `args` and kills it after `delay`: Ok(()) when it was still
+    /// running, Err(how long it took) when it finished first.
+    fn kill_after(&self, root: &Path, args: &[&str], delay: Duration) -> Result<(), Duration> {
+        let start = Instant::now();
         let mut child = Command::new(&self.new)
             .args(args)
             .env("DATAPATH_PIN_ROOT", root)
@@ -362,17 +365,21 @@ impl Bench {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + delay;
+        let deadline = start + delay;
         while Instant::now() < deadline {
             if child.try_wait().unwrap().is_some() {
-                return false;
+                return Err(start.elapsed());
             }
             thread::sleep(Duration::from_micros(200));
         }
         let killed = child.try_wait().unwrap().is_none();
         let _ = child.kill();
         let _ = child.wait();
-        killed
+        if killed {
+            Ok(())
+        } else {
+            Err(start.elapsed())
+        }
     }
 
     /// How long `args` takes when not killed (median of 3), each time on a
@@ -478,23 +485,28 @@ fn killed_load_unload_and_upgrade_leave_a_state_the_next_command_completes() {
     let first = b.duration(&["load"], |_| {});
     let unload = b.duration(&["unload"], |r| b.setup(&b.new, r));
     eprintln!("unkilled: upgrade {upgrade:?}, load in place {in_place:?}, first load {first:?}, unload {unload:?}");
+    // The estimates follow the commands that finish before their kill: a
+    // machine that gets busier or quieter during the trials moves them, so
+    // the delays keep covering the whole run.
+    let mut full = [upgrade, in_place, first, unload];
 
     let mut killed = [0u32; 4];
     for trial in 0..trials {
         let kind = trial % 4;
         let root = PathBuf::from("/sys/fs/bpf").join(unique("dpk"));
         let what = |stage: &str| format!("trial {trial} (seed {seed:#x}), {stage}");
-        let (args, full, prepare): (&[&str], Duration, Box<dyn Fn(&Path)>) = match kind {
-            0 => (&["load"], upgrade, Box::new(|r| b.setup(&b.old, r))),
-            1 => (&["load"], in_place, Box::new(|r| b.setup(&b.new, r))),
-            2 => (&["load"], first, Box::new(|_| {})),
-            _ => (&["unload"], unload, Box::new(|r| b.setup(&b.new, r))),
+        let (args, prepare): (&[&str], Box<dyn Fn(&Path)>) = match kind {
+            0 => (&["load"], Box::new(|r| b.setup(&b.old, r))),
+            1 => (&["load"], Box::new(|r| b.setup(&b.new, r))),
+            2 => (&["load"], Box::new(|_| {})),
+            _ => (&["unload"], Box::new(|r| b.setup(&b.new, r))),
         };
         prepare(&root);
         let maps = if kind == 0 || kind == 2 { BTreeMap::new() } else { kstate::map_ids(&root) };
-        let delay = Duration::from_nanos(rng.next() % (full.as_nanos() as u64 * 6 / 5).max(1));
-        if b.kill_after(&root, args, delay) {
-            killed[kind] += 1;
+        let delay = Duration::from_nanos(rng.next() % (full[kind].as_nanos() as u64 * 6 / 5).max(1));
+        match b.kill_after(&root, args, delay) {
+            Ok(()) => killed[kind] += 1,
+            Err(took) => full[kind] = (full[kind] * 3 + took) / 4,
         }
         if kind == 3 {
             // The unload again, from whatever the first one left.
