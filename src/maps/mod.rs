@@ -4,6 +4,7 @@
 //! intent (`BPF_NOEXIST` for claims) so concurrent provisioning scripts
 //! cannot overwrite each other's entries.
 
+pub mod bulk;
 pub mod containers;
 pub mod published;
 pub mod txn;

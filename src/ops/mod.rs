@@ -25,6 +25,7 @@ use crate::net::netns::NetnsGuard;
 use crate::kernel::pins::PinRoot;
 
 pub mod guard;
+pub mod metrics;
 
 /// Proxy ports given to `load`; unset ones keep their current value.
 #[derive(Default, Clone, Copy, Debug)]

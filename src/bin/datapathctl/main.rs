@@ -20,6 +20,8 @@ use datapath::maps::{Change, Ext};
 use datapath::net::netif;
 use datapath::kernel::pins::{PinRoot, DEFAULT_PIN_ROOT};
 
+mod observe;
+
 /// Loads, attaches and manages the datapath's eBPF programs and maps.
 #[derive(Parser, Debug)]
 #[command(name = "datapathctl", version, about)]
@@ -106,6 +108,12 @@ enum Cmd {
     Status,
     /// Packet counters per program and reason.
     Stats,
+    /// Prometheus metrics: printed once, or served at /metrics with --listen.
+    Metrics {
+        /// Serve GET /metrics on this address until stopped (e.g. 0.0.0.0:9469).
+        #[arg(long, value_name = "ADDR:PORT", value_parser = observe::parse_listen)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Protect the published ports: deny lists and per-source limits (XDP).
     Guard {
         #[command(subcommand)]
@@ -326,7 +334,12 @@ enum DnatCmd {
         proto: Proto,
     },
     /// List the published ports.
-    List,
+    List {
+        /// With each port's packets and bytes towards the container and
+        /// back, and its new connections.
+        #[arg(long)]
+        stats: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -657,7 +670,8 @@ fn run(cli: Cli) -> Result<()> {
                 DnatCmd::Get { host_port: (ext, port), proto } => {
                     print(json, &ops::dnat_get(&pins, ext, port, proto)?, |p| p.describe())
                 }
-                DnatCmd::List => print(json, &ops::dnat_list(&pins)?, |l| {
+                DnatCmd::List { stats: true } => observe::dnat_list_stats(&pins, json),
+                DnatCmd::List { stats: false } => print(json, &ops::dnat_list(&pins)?, |l| {
                     l.iter().map(|p| p.describe()).collect::<Vec<_>>().join("\n")
                 }),
             },
@@ -690,6 +704,7 @@ fn run(cli: Cli) -> Result<()> {
             },
         },
         Cmd::Guard { what } => guard(&pins, json, what),
+        Cmd::Metrics { listen } => observe::metrics(&pins, listen),
         Cmd::Status => print(json, &ops::status(&pins)?, describe_status),
         Cmd::Stats => print(json, &ops::stats(&pins)?, |l| {
             let mut s = format!("{:<16} {:<20} {:>14} {:>16}", "PROGRAM", "REASON", "PACKETS", "BYTES");
