@@ -2,6 +2,9 @@
 //! input frame, map state, expected verdict, expected output bytes and
 //! exactly which counters move, per reason and per published port. Output
 //! checksums are verified from scratch by `common::packet::verify_checksums`.
+//! Frames whose headers lie beyond the skb's linear head, which
+//! BPF_PROG_TEST_RUN cannot make, go through the attached programs from a
+//! packet socket (`headers_beyond_the_linear_head`).
 
 mod common;
 
@@ -1017,4 +1020,160 @@ fn counters_scale_with_repeat() {
     let out = test_run(&ingress, &to_proxy, env.v0.0, 500);
     assert_eq!(out.verdict, TC_ACT_OK);
     assert_counter_deltas("tproxy repeat", &before, &counters(&env.root), &[("tproxy_ingress/tcp", 500)]);
+}
+
+/// An AF_PACKET socket on one interface of a test namespace.
+struct PacketSocket(OwnedFd);
+
+impl PacketSocket {
+    fn open(ns: &TestNs, iface: u32) -> Self {
+        let _g = NetnsGuard::enter(Some(&ns.name)).unwrap();
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); checked below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, all.into()) };
+        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is fresh and ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = all;
+        sll.sll_ifindex = iface as i32;
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+        // SAFETY: valid descriptor; sll and tv are live and of the sizes given.
+        unsafe {
+            let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            assert_eq!(libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), len), 0, "bind packet socket");
+            let tl = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+            assert_eq!(libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), tl), 0);
+        }
+        Self(fd)
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: valid descriptor and buffer.
+        let n = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(n, frame.len() as isize, "sending a {}-byte frame: {}", frame.len(), std::io::Error::last_os_error());
+    }
+
+    /// The first frame received (not sent) on the interface within two
+    /// seconds for which `want` holds.
+    fn recv(&self, want: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut buf = vec![0u8; 65536];
+        while std::time::Instant::now() < deadline {
+            // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: valid descriptor; buf and from are live and of the sizes given.
+            let n = unsafe {
+                libc::recvfrom(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, (&mut from as *mut libc::sockaddr_ll).cast(), &mut len)
+            };
+            if n < 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            let f = &buf[..n as usize];
+            if want(f) {
+                return Some(f.to_vec());
+            }
+        }
+        None
+    }
+}
+
+/// BPF_PROG_TEST_RUN makes linear skbs only. A packet socket sends a frame
+/// longer than a page as an skb whose linear head holds the Ethernet
+/// header alone (the rest is in page fragments), and a veth hands it to
+/// its peer as it is: every program then finds its IPv4 and L4 headers
+/// beyond `data_end` and must pull them in (bpf_skb_pull_data) before it
+/// parses, rewrites and counts the packet as it would a linear one.
+#[test]
+fn headers_beyond_the_linear_head() {
+    if !privileged("headers_beyond_the_linear_head") {
+        return;
+    }
+    let env = env();
+    let ns = &env.ns;
+    // Nothing but the test's frames: no IPv6 chatter of links coming up.
+    // bpf_redirect_peer delivers only into another namespace: the
+    // container side of dpv0 goes into one of its own.
+    let ctr = TestNs::new();
+    for n in [&ns.name, &ctr.name] {
+        sh(&format!("ip netns exec {n} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1"));
+    }
+    ns.ip(&format!("link set dpc0 netns {}", ctr.name));
+    for dev in ["dpext", "dpextp", "dpv0"] {
+        ns.ip(&format!("link set {dev} mtu 9000 up"));
+    }
+    ctr.ip("link set dpc0 mtu 9000 up");
+    // Replies leave by bpf_redirect_neigh: a route and a neighbour for
+    // the player.
+    ns.ip(&format!("route add {}/32 dev dpext", player()));
+    ns.ip(&format!("neigh add {} lladdr 02:ee:00:00:00:09 dev dpext nud permanent", player()));
+    let n = Some(ns.name.as_str());
+    ops::attach_tc(&env.root.pins, n, datapath::kernel::attach::Kind::Dnat, "dpext").unwrap();
+    ops::attach_tc(&env.root.pins, n, datapath::kernel::attach::Kind::Host, "dpv0").unwrap();
+    // The guard (generic XDP, which linearizes every skb it sees) would
+    // hand dnat a linear skb: take it off for this test.
+    ns.ip("link set dev dpext xdpgeneric off");
+    let player_side = PacketSocket::open(ns, ns.iface("dpextp").0);
+    let container = PacketSocket::open(&ctr, ctr.iface("dpc0").0);
+    let big = |mut p: Pkt| {
+        p.payload = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
+        p
+    };
+
+    // dnat: the player's segment to a published port.
+    let (hit, hit_out) = inbound(&env, big(Pkt::tcp((player(), 41000), (ext_ip(), 30001))), "10.0.0.2", 25565, CTR0);
+    let frame = hit.build();
+    assert!(frame.len() > 4096, "the frame must be longer than a page");
+    let before = counters(&env.root);
+    player_side.send(&frame);
+    let want = hit_out.build();
+    let got = container.recv(|f| f.len() == want.len());
+    assert_counter_deltas("dnat, headers beyond the head", &before, &counters(&env.root), &[("dnat/redirect", 1)]);
+    let got = got.expect("the published segment reaches the container");
+    assert!(got == want, "dnat's rewrite of a non-linear frame: {}", packet::first_diff(&got, &want));
+    packet::verify_checksums(&got).unwrap();
+    let f = published_flow(&env, "10.0.0.2", 25565, 41000, Proto::Tcp).expect("dnat recorded the flow");
+    assert_eq!((f.ext_addr, f.host_port, f.veth_ifindex), (ext_ip(), 30001, env.v0.0));
+
+    // snat: the container's reply, out of the external interface.
+    let reply = big(Pkt::tcp((ip("10.0.0.2"), 25565), (player(), 41000))).macs(CTR0, env.v0.1);
+    let mut reply_out = reply.clone();
+    reply_out.src = ext_ip();
+    reply_out.sport = 30001;
+    reply_out.eth_src = env.ext.1;
+    reply_out.eth_dst = [0x02, 0xee, 0, 0, 0, 0x09];
+    let before = counters(&env.root);
+    container.send(&reply.build());
+    let want = reply_out.build();
+    let got = player_side.recv(|f| f.len() == want.len());
+    assert_counter_deltas("snat, headers beyond the head", &before, &counters(&env.root), &[("snat/redirect", 1)]);
+    let got = got.expect("the reply reaches the player's side");
+    assert!(got == want, "snat's rewrite of a non-linear frame: {}", packet::first_diff(&got, &want));
+    packet::verify_checksums(&got).unwrap();
+
+    // tproxy: a connection the container opens goes to the proxy.
+    let open = big(syn(Pkt::tcp((ip("10.0.0.2"), 41001), (ip("192.0.2.7"), 443)))).macs(CTR0, env.v0.1);
+    let before = counters(&env.root);
+    container.send(&open.build());
+    let mut moved = false;
+    for _ in 0..100 {
+        let after = counters(&env.root);
+        if after["tproxy_ingress/tcp"] > before["tproxy_ingress/tcp"] {
+            moved = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(moved, "tproxy_ingress did not take the SYN");
+    // The proxy port has no listener here: the host's RST that follows
+    // moves tproxy_egress's counters, so only ingress is looked at.
+    let after = counters(&env.root);
+    for (name, want) in [("snat/handed_on", 1), ("tproxy_ingress/tcp", 1), ("tproxy_ingress/malformed_dropped", 0)] {
+        assert_eq!(after[name] - before[name], want, "tproxy, headers beyond the head: counter {name}");
+    }
+    let f = flow(&env, "10.0.0.2", 41001, Proto::Tcp).expect("the proxied flow is recorded");
+    assert_eq!((f.orig_ip, f.orig_port), (ip("192.0.2.7"), 443));
 }

@@ -26,6 +26,9 @@ enum dp_parse {
 	DP_PARSE_PULL,		/* headers beyond the linear head (TC only) */
 };
 
+/* The longest IPv4 header (IHL 15). */
+#define DP_MAX_IP_HLEN	60
+
 struct dp_l4 {
 	struct ethhdr *eth;
 	struct iphdr *ip;	/* set once 20 bytes of IPv4 header are there */
@@ -42,7 +45,8 @@ struct dp_l4 {
  * data offset, UDP length) and are checked against `len`. Needs no skb, so
  * XDP (where the frame is all there: len = data_end - data) and TC share
  * it. Returns DP_PARSE_PULL, with p->l4_off set to the bytes needed, when
- * the L4 header lies beyond data_end but within `len` (only at TC). */
+ * the IPv4 or the L4 header lies beyond data_end but within `len` (only at
+ * TC). */
 static __always_inline int dp_parse_frame(void *data, void *data_end,
 					  __u32 len, struct dp_l4 *p)
 {
@@ -58,8 +62,22 @@ static __always_inline int dp_parse_frame(void *data, void *data_end,
 		return DP_PARSE_NOT_IPV4;
 
 	ip = (void *)(p->eth + 1);
-	if ((void *)(ip + 1) > data_end)
-		return DP_PARSE_MALFORMED;
+	if ((void *)(ip + 1) > data_end) {
+		if (ETH_HLEN + sizeof(*ip) > len)
+			return DP_PARSE_MALFORMED;
+		/* The IPv4 header lies beyond the linear head (a frame a
+		 * packet socket sent has only its Ethernet header there):
+		 * ask for every header the parser may read, at most the
+		 * whole frame. */
+		p->l4_off = ETH_HLEN + DP_MAX_IP_HLEN + sizeof(struct tcphdr);
+		if (p->l4_off > len)
+			p->l4_off = len;
+		p->ports = NULL;
+		p->sport = 0;
+		p->dport = 0;
+		p->proto = 0;
+		return DP_PARSE_PULL;
+	}
 	p->ip = ip;
 	ihl_len = ip->ihl * 4;
 	tot_len = bpf_ntohs(ip->tot_len);
@@ -110,6 +128,8 @@ static __always_inline int dp_parse_frame(void *data, void *data_end,
 /* dp_parse_frame() for TC. skb->len counts the whole frame even when only
  * its head is linear; a header that is not in the linear head is pulled in
  * and the frame parsed again (the pull invalidates every packet pointer).
+ * A pull for the IPv4 header brings in the longest L4 header too, so one
+ * pull is always enough.
  * Before TC ingress the kernel moves an 802.1Q/802.1ad tag out of the
  * frame into skb->vlan_tci (skb_vlan_untag()), so a tagged frame looks
  * untagged here. The datapath serves untagged traffic only: a tagged frame
