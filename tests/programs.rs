@@ -233,6 +233,18 @@ fn set_tot_len(mut f: Vec<u8>, tot: u16) -> Vec<u8> {
     f
 }
 
+/// `p` with two payload bytes chosen so that its correct TCP checksum is
+/// 0x0000, a value a checksum update must not take for "no checksum"
+/// (only UDP has one).
+fn tcp_csum_zero(mut p: Pkt) -> Pkt {
+    let off = 14 + 20 + p.ip_options.len() + 16;
+    p.payload = vec![0, 0];
+    let f = p.build();
+    p.payload = f[off..off + 2].to_vec();
+    assert_eq!(&p.build()[off..off + 2], &[0, 0], "the TCP checksum must come out 0x0000");
+    p
+}
+
 fn to_ext(env: &Env, p: Pkt) -> Pkt {
     p.macs(PEER, env.ext.1)
 }
@@ -286,6 +298,9 @@ fn dnat_fixtures() {
     let mut synack_out = syn_out.clone();
     synack_out.tcp_flags = 0x12;
 
+    let (zero, mut zero_out) = inbound(&env, tcp_csum_zero(Pkt::tcp((player(), 40000), (ext_ip(), 30001))), "10.0.0.2", 25565, CTR0);
+    zero_out.payload = zero.payload.clone();
+
     let (second, second_out) = inbound(&env, Pkt::tcp((player(), 40002), (ext2(), 30001)), "10.0.1.2", 25565, CTR1);
     let (third, third_out) = inbound(&env, Pkt::tcp((player(), 40003), (ext_ip(), 30003)), "10.0.1.2", 25565, CTR1);
 
@@ -311,6 +326,7 @@ fn dnat_fixtures() {
         fx("tcp syn, a new connection", "dnat", e, syn.build(), TC_ACT_REDIRECT, Some(syn_out.build()), "dnat/redirect").acct(acct_in(SLOT_30001, len(&syn), 1)),
         fx("tcp hit of the same flow", "dnat", e, hit_tcp.build(), TC_ACT_REDIRECT, Some(hit_tcp_out.build()), "dnat/redirect").acct(acct_in(SLOT_30001, len(&hit_tcp), 0)),
         fx("a syn-ack is no new connection", "dnat", e, synack.build(), TC_ACT_REDIRECT, Some(synack_out.build()), "dnat/redirect").acct(acct_in(SLOT_30001, len(&synack), 0)),
+        fx("a tcp segment whose checksum is 0x0000", "dnat", e, zero.build(), TC_ACT_REDIRECT, Some(zero_out.build()), "dnat/redirect").acct(acct_in(SLOT_30001, len(&zero), 0)),
         fx("udp hit, a new flow, --to-port", "dnat", e, hit_udp.build(), TC_ACT_REDIRECT, Some(hit_udp_out.build()), "dnat/redirect").acct(acct_in(SLOT_30002, len(&hit_udp), 1)),
         fx("udp hit of the same flow", "dnat", e, hit_udp.build(), TC_ACT_REDIRECT, Some(hit_udp_out.build()), "dnat/redirect").acct(acct_in(SLOT_30002, len(&hit_udp), 0)),
         fx("udp hit without checksum keeps 0", "dnat", e, udp_nocsum.build(), TC_ACT_REDIRECT, Some(udp_nocsum_out.build()), "dnat/redirect").acct(acct_in(SLOT_30002, len(&udp_nocsum), 0)),
@@ -984,6 +1000,55 @@ fn same_source_port_in_two_containers() {
     let out_b = packet::parse(&test_run(&egress, &ans_b.build(), env.v1.0, 1).data).unwrap();
     assert_eq!((out_a.src, out_a.sport), (ip("192.0.2.1"), 443));
     assert_eq!((out_b.src, out_b.sport), (ip("192.0.2.2"), 8443));
+}
+
+/// Bytes by "program/reason".
+fn counter_bytes(env: &Env) -> std::collections::BTreeMap<String, u64> {
+    let map = maps::open(&env.root.pins, "stats").unwrap();
+    maps::read_stats(&map).unwrap().into_iter().map(|c| (format!("{}/{}", c.program, c.reason), c.bytes)).collect()
+}
+
+/// Every counter adds: two packets of different lengths move a reason's
+/// and a published port's packets and bytes by the sum of both (a counter
+/// that kept only the last packet would pass a one-packet fixture).
+#[test]
+fn counters_add_packets_and_bytes() {
+    if !privileged("counters_add_packets_and_bytes") {
+        return;
+    }
+    let env = env();
+    let _in_ns = NetnsGuard::enter(Some(&env.ns.name)).unwrap();
+    let (dnat, snat) = (prog_fd(&env.root, "dnat"), prog_fd(&env.root, "snat"));
+    let mut short = Pkt::udp((player(), 40001), (ext_ip(), 30002));
+    short.payload = vec![1; 10];
+    let mut long = short.clone();
+    long.payload = vec![2; 300];
+    let frames = [to_ext(&env, short).build(), to_ext(&env, long).build()];
+    let mut reply = Pkt::udp((ip("10.0.0.2"), 19132), (player(), 40001)).macs(CTR0, env.v0.1);
+    reply.payload = vec![3; 20];
+    let mut reply_long = reply.clone();
+    reply_long.payload = vec![4; 500];
+    let replies = [reply.build(), reply_long.build()];
+    let sum = |f: &[Vec<u8>; 2]| (f[0].len() + f[1].len()) as u64;
+
+    let (pk, by, ports) = (counters(&env.root), counter_bytes(&env), port_counters(&env));
+    for f in &frames {
+        assert_eq!(test_run(&dnat, f, env.ext.0, 1).verdict, TC_ACT_REDIRECT);
+    }
+    for f in &replies {
+        assert_eq!(test_run(&snat, f, env.v0.0, 1).verdict, TC_ACT_REDIRECT);
+    }
+    let (pk2, by2, ports2) = (counters(&env.root), counter_bytes(&env), port_counters(&env));
+    for (name, bytes) in [("dnat/redirect", sum(&frames)), ("snat/redirect", sum(&replies))] {
+        assert_eq!(pk2[name] - pk[name], 2, "{name}: packets");
+        assert_eq!(by2[name] - by[name], bytes, "{name}: bytes of both packets");
+    }
+    let (a, b) = (ports2[SLOT_30002 as usize], ports[SLOT_30002 as usize]);
+    assert_eq!(
+        (a.pkts_in - b.pkts_in, a.bytes_in - b.bytes_in, a.pkts_out - b.pkts_out, a.bytes_out - b.bytes_out, a.conns - b.conns),
+        (2, sum(&frames), 2, sum(&replies), 1),
+        "port 30002/udp: packets and bytes both ways, one new flow"
+    );
 }
 
 #[test]
