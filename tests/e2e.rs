@@ -81,6 +81,37 @@ fn player_reaches_each_published_container() {
     assert_moved("published ports", &before, &after, "snat/redirect", 3);
 }
 
+/// 1b. dnat hands a published packet straight to the container side of its
+///     veth (bpf_redirect_peer): it never passes the host veth's egress,
+///     where tproxy_egress would take a player's UDP for a datagram the
+///     host sent (and record a host flow for it). bpf_redirect would
+///     deliver it too, one hop later.
+#[test]
+fn published_packets_skip_the_host_veth() {
+    if !privileged("published_packets_skip_the_host_veth") {
+        return;
+    }
+    let mut t = Topo::new();
+    let c = t.add_container(true);
+    t.publish(30003, c, "udp", CTR_PORT);
+    let server = EchoServer::udp(udp_bind(&t.ctrs[c].ns, any(CTR_PORT)));
+    let ps = udp_bind(&t.player, any(0));
+    let before = t.ctl.stats();
+    let what = format!("player -> {EXT_IP}:30003/udp");
+    let mut buf = [0u8; 64];
+    for i in 0..20u8 {
+        ps.send_to(&[i; 16], sa(EXT_IP, 30003)).unwrap();
+        let (n, from) = ps.recv_from(&mut buf).unwrap_or_else(|e| panic!("{what}: no answer to datagram {i}: {e}"));
+        assert_eq!((&buf[..n], from), (&[i; 16][..], sa(EXT_IP, 30003)), "{what}: answer {i}");
+    }
+    server.next_peer(&what);
+    let after = t.ctl.stats();
+    assert_moved_by(&what, &before, &after, "dnat/redirect", 20);
+    assert_moved_by(&what, &before, &after, "snat/redirect", 20);
+    assert_still(&what, &before, &after, "tproxy_egress/host_udp");
+    assert_still(&what, &before, &after, "tproxy_egress/flow_error");
+}
+
 /// Proxy sockets made in the proxy's cgroup, by kind.
 struct Proxy {
     dns_tcp: TcpListener,
@@ -192,6 +223,45 @@ fn container_traffic_goes_through_the_proxy() {
     assert_moved(what, &before, &after, "tproxy_egress/restored", 4);
     assert_moved(what, &before, &after, "getsockopt/found", 3);
     assert_still(what, &before, &after, "getsockopt/miss");
+}
+
+/// 2b. A dual-stack proxy (a TCP listener on [::] that takes IPv4 too)
+///     sees the container as ::ffff:a.b.c.d, and its getsockopt(SOL_IP,
+///     SO_ORIGINAL_DST) must still find the connection.
+#[test]
+fn dual_stack_proxy_gets_the_original_destination() {
+    if !privileged("dual_stack_proxy_gets_the_original_destination") {
+        return;
+    }
+    let mut t = Topo::new();
+    let c = t.add_container(true);
+    t.proxy_cgroup();
+    let listener = TcpListener::from(t.proxy_sockets(&[(Kind::TcpDual, PROXY_TCP)]).remove(0));
+    let ctr = &t.ctrs[c];
+    let before = t.ctl.stats();
+    let orig = sa(Ipv4Addr::new(192, 0, 2, 45), 4445);
+    let what = format!("container -> {orig}/tcp, dual-stack proxy");
+    let mut client = tcp_connect(&ctr.ns, orig, CONNECT).unwrap_or_else(|e| panic!("{what}: connect failed: {e}"));
+    let (mut srv, peer) = accept(&listener, IO_TIMEOUT).unwrap_or_else(|e| panic!("{what}: nothing at the proxy: {e}"));
+    let local = client.local_addr().unwrap();
+    match peer {
+        SocketAddr::V6(p) => assert_eq!(
+            (p.ip().to_ipv4_mapped(), p.port()),
+            (Some(ctr.ip), local.port()),
+            "{what}: the proxy's peer is {peer}, expected the container's {local} as an IPv4-mapped address"
+        ),
+        SocketAddr::V4(p) => panic!("{what}: a dual-stack listener saw the IPv4 peer {p}"),
+    }
+    let od = original_dst(&srv).unwrap_or_else(|e| panic!("{what}: getsockopt(SO_ORIGINAL_DST) failed: {e}"));
+    assert_eq!(SocketAddr::V4(od), orig, "{what}: SO_ORIGINAL_DST returned {od}");
+    srv.write_all(b"answer").unwrap();
+    drop(srv);
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap_or_else(|e| panic!("{what}: the container got no answer: {e}"));
+    assert_eq!(got, b"answer", "{what}: the container received other bytes");
+    let after = t.ctl.stats();
+    assert_moved_by(&what, &before, &after, "getsockopt/found", 1);
+    assert_still(&what, &before, &after, "getsockopt/miss");
 }
 
 /// 3. Two containers connect out of the same source port at the same time

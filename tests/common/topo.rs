@@ -635,6 +635,9 @@ impl Drop for Topo {
 pub enum Kind {
     Tcp,
     Udp,
+    /// TCP on [::] with IPV6_V6ONLY off: a dual-stack socket, whose IPv4
+    /// peers are IPv4-mapped IPv6 addresses (::ffff:a.b.c.d).
+    TcpDual,
 }
 
 fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
@@ -653,8 +656,9 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
     }
 }
 
-/// Listening sockets bound to 0.0.0.0:<port> in namespace `ns`, created
-/// by a short-lived child process placed in `cgroup` first.
+/// Listening sockets bound to 0.0.0.0:<port> (or [::]:<port>, dual-stack,
+/// for `Kind::TcpDual`) in namespace `ns`, created by a short-lived child
+/// process placed in `cgroup` first.
 ///
 /// cgroup/getsockopt runs for a socket according to the cgroup the
 /// socket was created in (an accepted socket inherits its listener's), and
@@ -667,7 +671,24 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
 pub fn sockets_in_cgroup(ns: &str, cgroup: &Path, specs: &[(Kind, u16)]) -> Vec<OwnedFd> {
     let plan = specs
         .iter()
-        .map(|(k, port)| (socket_type(*k), Some(sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, *port)))))
+        .map(|(k, port)| {
+            // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+            let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let len = if *k == Kind::TcpDual {
+                // SAFETY: sockaddr_storage is large and aligned enough for
+                // every address family.
+                let a6 = unsafe { &mut *(&mut addr as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+                a6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                a6.sin6_port = port.to_be();
+                std::mem::size_of::<libc::sockaddr_in6>()
+            } else {
+                // SAFETY: as above.
+                let a4 = unsafe { &mut *(&mut addr as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                *a4 = sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, *port));
+                std::mem::size_of::<libc::sockaddr_in>()
+            };
+            Plan { kind: *k, addr: Some((addr, len as libc::socklen_t)) }
+        })
         .collect();
     make_sockets_in_cgroup(ns, cgroup, plan)
 }
@@ -678,20 +699,19 @@ pub fn sockets_in_cgroup(ns: &str, cgroup: &Path, specs: &[(Kind, u16)]) -> Vec<
 /// programs that see a socket's calls are those of the cgroup it was made
 /// in, whoever calls.
 pub fn client_sockets_in_cgroup(ns: &str, cgroup: &Path, kinds: &[Kind]) -> Vec<OwnedFd> {
-    make_sockets_in_cgroup(ns, cgroup, kinds.iter().map(|k| (socket_type(*k), None)).collect())
+    make_sockets_in_cgroup(ns, cgroup, kinds.iter().map(|k| Plan { kind: *k, addr: None }).collect())
 }
 
-fn socket_type(k: Kind) -> libc::c_int {
-    if k == Kind::Tcp {
-        libc::SOCK_STREAM
-    } else {
-        libc::SOCK_DGRAM
-    }
+/// One socket the child makes: its kind, and the address to bind it to
+/// (with its length), if any.
+struct Plan {
+    kind: Kind,
+    addr: Option<(libc::sockaddr_storage, libc::socklen_t)>,
 }
 
 /// Sockets of the given types made in `ns` by a child in `cgroup`; each is
 /// bound to its address (and a TCP one listens) if it has one.
-fn make_sockets_in_cgroup(ns: &str, cgroup: &Path, plan: Vec<(libc::c_int, Option<libc::sockaddr_in>)>) -> Vec<OwnedFd> {
+fn make_sockets_in_cgroup(ns: &str, cgroup: &Path, plan: Vec<Plan>) -> Vec<OwnedFd> {
     const MAX: usize = 8;
     assert!(plan.len() <= MAX, "at most {MAX} sockets at a time");
     let n = plan.len();
@@ -737,7 +757,7 @@ fn make_sockets_in_cgroup(ns: &str, cgroup: &Path, plan: Vec<(libc::c_int, Optio
 /// Must only be called in a freshly forked child; never returns.
 unsafe fn child_make_sockets(
     procs: &CString,
-    plan: &[(libc::c_int, Option<libc::sockaddr_in>)],
+    plan: &[Plan],
     sock: RawFd,
     cmsg_buf: &mut [u64; 16],
     one: &libc::c_int,
@@ -749,13 +769,25 @@ unsafe fn child_make_sockets(
     }
     libc::close(fd);
     let mut fds = [0 as libc::c_int; 8];
-    for (i, (ty, addr)) in plan.iter().enumerate() {
-        let s = libc::socket(libc::AF_INET, *ty, 0);
+    let off: libc::c_int = 0;
+    for (i, p) in plan.iter().enumerate() {
+        let ty = if p.kind == Kind::Udp { libc::SOCK_DGRAM } else { libc::SOCK_STREAM };
+        let domain = if p.kind == Kind::TcpDual { libc::AF_INET6 } else { libc::AF_INET };
+        let s = libc::socket(domain, ty, 0);
         if s < 0 {
             fail(2);
         }
         fds[i] = s;
-        let Some(addr) = addr else { continue };
+        if domain == libc::AF_INET6 {
+            libc::setsockopt(
+                s,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&off as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        let Some((addr, len)) = &p.addr else { continue };
         libc::setsockopt(
             s,
             libc::SOL_SOCKET,
@@ -763,15 +795,10 @@ unsafe fn child_make_sockets(
             (one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
-        if libc::bind(
-            s,
-            (addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        ) != 0
-        {
+        if libc::bind(s, (addr as *const libc::sockaddr_storage).cast(), *len) != 0 {
             fail(3);
         }
-        if *ty == libc::SOCK_STREAM && libc::listen(s, 128) != 0 {
+        if ty == libc::SOCK_STREAM && libc::listen(s, 128) != 0 {
             fail(4);
         }
     }
