@@ -40,7 +40,7 @@ import time
 
 ROOT = os.getcwd()
 TABLE = os.path.join(ROOT, "scripts", "mutants.table")
-DOC = os.path.join(ROOT, "docs", "MUTANTS.md")
+DOC = os.environ.get("DATAPATH_MUTANTS_DOC", os.path.join(ROOT, "docs", "MUTANTS.md"))
 WORK = os.environ.get("DATAPATH_MUTANTS_DIR", "/var/tmp/datapath-mutants")
 TREE = os.path.join(WORK, "tree")
 TARGET = os.path.join(WORK, "target")
