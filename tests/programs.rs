@@ -383,6 +383,52 @@ fn dnat_fixtures() {
     assert_eq!((f.ext_addr, f.host_port, f.slot), (ext_ip(), 30003, SLOT_30003));
 }
 
+/// A recorded flow whose player comes back another way has every field of
+/// its value rewritten, one field at a time: the external interface, the
+/// external address, the host port, the host veth and the mapping's slot
+/// (a field dnat failed to compare would keep the old one, and the
+/// replies would leave from the wrong place or be counted to the wrong
+/// port). The mappings are written into dnat4 directly, so that each step
+/// changes exactly one field.
+#[test]
+fn a_flow_follows_every_field_of_its_mapping() {
+    if !privileged("a_flow_follows_every_field_of_its_mapping") {
+        return;
+    }
+    let env = env();
+    let dnat4 = maps::open(&env.root.pins, "dnat4").unwrap();
+    let put = |ext: Ipv4Addr, port: u16, veth: u32, slot: u32| {
+        let k = types::dnat4_key::new(ext, port, Proto::Udp);
+        let v = types::dnat4_value::new(ip("10.0.0.2"), 19132, CTR0, veth, slot);
+        dnat4.update(bytes_of(&k), bytes_of(&v), MapFlags::ANY).unwrap();
+    };
+    let (e, v0, v1, other_if) = (env.ext.0, env.v0.0, env.v1.0, env.v2.0);
+    let steps = [
+        ("first packet", ext_ip(), 30002, e, v0, SLOT_30002),
+        ("another external interface", ext_ip(), 30002, other_if, v0, SLOT_30002),
+        ("another external address", ext2(), 30002, other_if, v0, SLOT_30002),
+        ("another host port", ext2(), 30009, other_if, v0, SLOT_30002),
+        ("another host veth", ext2(), 30009, other_if, v1, SLOT_30002),
+        ("another slot", ext2(), 30009, other_if, v1, SLOT_30001),
+    ];
+    let _in_ns = NetnsGuard::enter(Some(&env.ns.name)).unwrap();
+    let dnat = prog_fd(&env.root, "dnat");
+    for (what, ext, port, ifindex, veth, slot) in steps {
+        put(ext, port, veth, slot);
+        let frame = to_ext(&env, Pkt::udp((player(), 40060), (ext, port))).build();
+        let before = counters(&env.root);
+        let out = test_run(&dnat, &frame, ifindex, 1);
+        assert_eq!(out.verdict, TC_ACT_REDIRECT, "{what}: dnat's verdict");
+        assert_counter_deltas(what, &before, &counters(&env.root), &[("dnat/redirect", 1)]);
+        let f = published_flow(&env, "10.0.0.2", 19132, 40060, Proto::Udp).expect("the flow is recorded");
+        assert_eq!(
+            (f.ext_addr, f.host_port, f.ext_ifindex, f.veth_ifindex, f.slot),
+            (ext, port, ifindex, veth, slot),
+            "{what}: the recorded flow"
+        );
+    }
+}
+
 /// The host's packet to the player as it left (`ext`:`host_port`), and
 /// the same packet as the container sent it (`ctr`:`ctr_port`).
 #[allow(clippy::too_many_arguments)]
