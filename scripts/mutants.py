@@ -53,7 +53,7 @@ TARGET = os.path.join(WORK, "target")
 # `tests:` when they matter.
 TARGETS = [
     "programs", "hardening", "guard", "e2e", "e2e_flows", "e2e_hardening",
-    "guard_e2e", "real_software",
+    "guard_e2e", "real_software", "host_access",
 ]
 EXTRA_TARGETS = ["maps", "cli", "recover", "upgrade"]
 
@@ -61,6 +61,7 @@ EXTRA_TARGETS = ["maps", "cli", "recover", "upgrade"]
 FIRST = {
     "guard.bpf.c": ["guard"],
     "dp_guard.h": ["guard"],
+    "hostaccess.bpf.c": ["host_access"],
 }
 
 # Tests that assert timing (a player's login within 5 s under a flood, no
