@@ -387,6 +387,62 @@ fn icmp_socket(ns: &str) -> UdpSocket {
     })
 }
 
+/// 5b. An ICMP error about a published flow reaches the container's socket
+///     straight from dnat (bpf_redirect_peer), never through the host
+///     veth's egress: a player's "port unreachable" about the container's
+///     answer makes the container's connected UDP socket fail with
+///     ECONNREFUSED, and tproxy_egress sees none of the errors.
+#[test]
+fn icmp_errors_reach_the_container_socket_directly() {
+    if !privileged("icmp_errors_reach_the_container_socket_directly") {
+        return;
+    }
+    let mut t = Topo::new();
+    let c = t.add_container(true);
+    t.publish(30003, c, "udp", CTR_PORT);
+    let what = "player's port-unreachable about the container's answer";
+    let server = udp_bind(&t.ctrs[c].ns, any(CTR_PORT));
+    server.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let ps = udp_bind(&t.player, any(0));
+    ps.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    ps.send_to(b"hello", sa(EXT_IP, 30003)).unwrap();
+    let mut buf = [0u8; 64];
+    let (_, player) = server.recv_from(&mut buf).unwrap_or_else(|e| panic!("{what}: the container got nothing: {e}"));
+    server.connect(player).unwrap();
+    server.send(b"answer").unwrap();
+    let (_, from) = ps.recv_from(&mut buf).unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+    assert_eq!(from, sa(EXT_IP, 30003), "{what}: the answer came from {from}");
+
+    // The answer as it reached the player, and the error about it.
+    let mut inner = vec![0x45, 0, 0, 34, 0x12, 0x34, 0, 0, 64, 17, 0, 0];
+    inner.extend(EXT_IP.octets());
+    inner.extend(PLAYER_IP.octets());
+    let c = csum_fold(csum_add(0, &inner));
+    inner[10..12].copy_from_slice(&c.to_be_bytes());
+    inner.extend(30003u16.to_be_bytes());
+    inner.extend(player.port().to_be_bytes());
+    inner.extend([0, 14, 0, 0]);
+    let mut err = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    err.extend(&inner);
+    let c = csum_fold(csum_add(0, &err));
+    err[2..4].copy_from_slice(&c.to_be_bytes());
+
+    let before = t.ctl.stats();
+    let icmp = icmp_socket(&t.player);
+    for _ in 0..5 {
+        icmp.send_to(&err, sa(EXT_IP, 0)).unwrap();
+    }
+    let got = server.recv(&mut buf);
+    assert_eq!(
+        got.as_ref().map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ECONNREFUSED)),
+        "{what}: the container's socket must see the error, got {got:?}"
+    );
+    let after = t.ctl.stats();
+    assert_moved_by(what, &before, &after, "dnat/icmp_translated", 5);
+    assert_still(what, &before, &after, "tproxy_egress/passed");
+}
+
 /// 5. Dropped and counted: a spoofed source address, ICMP, UDP to a port
 ///    other than 53. None of it arrives anywhere.
 #[test]

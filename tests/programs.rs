@@ -481,6 +481,16 @@ fn icmp_errors_about_published_flows_are_translated() {
     uh0.udp_no_csum = true;
     let mut uc0 = uc.clone();
     uc0.udp_no_csum = true;
+    // The container's datagram chosen so that its UDP checksum sums to
+    // zero, which UDP sends as 0xffff: translated incrementally, the
+    // embedded checksum comes out 0x0000 and must be written as 0xffff.
+    let (mut uhz, mut ucz) = (uh.clone(), uc.clone());
+    ucz.payload = vec![0, 0];
+    let off = 14 + 20 + 8;
+    let c = ucz.build();
+    ucz.payload = c[14 + 20 + 6..14 + 20 + 8].to_vec();
+    assert_eq!(&ucz.build()[off - 2..off], &[0xff, 0xff], "the container's UDP checksum must sum to zero");
+    uhz.payload = ucz.payload.clone();
     let mut topt = th.clone();
     topt.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL: embedded IHL 6
     let mut topt_c = tc.clone();
@@ -504,6 +514,7 @@ fn icmp_errors_about_published_flows_are_translated() {
         ("port-unreachable, whole udp datagram", err(&uh, 3, 3, all), to_ctr(&uc, c0, CTR0, 3, 3, all), SLOT_30002),
         ("port-unreachable, udp header only", err(&uh, 3, 3, 28), to_ctr(&uc, c0, CTR0, 3, 3, 28), SLOT_30002),
         ("host-unreachable, udp without checksum keeps 0", err(&uh0, 3, 1, all), to_ctr(&uc0, c0, CTR0, 3, 1, all), SLOT_30002),
+        ("port-unreachable, a udp checksum that comes out 0 is 0xffff", err(&uhz, 3, 3, all), to_ctr(&ucz, c0, CTR0, 3, 3, all), SLOT_30002),
         ("frag-needed on the second address", icmp_to(&env, ext2(), 3, 4, &t2h, all), to_ctr(&t2c, c1, CTR1, 3, 4, all), SLOT_EXT2),
     ];
     let mut table = Vec::new();
@@ -522,6 +533,9 @@ fn icmp_errors_about_published_flows_are_translated() {
     let mut embedded_frag = th.clone();
     embedded_frag.frag = 0x00b9;
     let passed = |name, input: Pkt| fx(name, "dnat", e, input.build(), TC_ACT_UNSPEC, None, "dnat/icmp_passed");
+    // An embedded header whose version is not 4 (IHL still 5).
+    let mut not_v4 = err(&th, 3, 4, all).build();
+    not_v4[14 + 20 + 8] = 0x65;
     table.extend([
         passed("about a flow that was never recorded (player port)", err(&other_player_port, 3, 4, all)),
         passed("about another player", err(&other_player, 3, 4, all)),
@@ -536,6 +550,7 @@ fn icmp_errors_about_published_flows_are_translated() {
         passed("embedded non-first fragment", err(&embedded_frag, 3, 4, all)),
         passed("embedded header only", err(&th, 3, 4, 20)),
     ]);
+    table.push(fx("embedded packet not ipv4", "dnat", e, not_v4, TC_ACT_UNSPEC, None, "dnat/icmp_passed"));
     let mut frag_err = err(&th, 3, 4, all);
     frag_err.frag = 0x2000;
     table.push(fx("an icmp fragment", "dnat", e, frag_err.build(), TC_ACT_UNSPEC, None, "dnat/fragment"));
