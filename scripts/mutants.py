@@ -380,7 +380,11 @@ def write_doc(rows, results, started):
         k = results.get(r["id"], {}).get("result", "not run")
         counts[k] = counts.get(k, 0) + 1
     killed, survived = counts.get("killed", 0), counts.get("survived", 0)
-    built = killed + survived
+    # A survivor the table shows to be equivalent (no behaviour differs)
+    # is no missed bug: it is left out of the score, and counted apart.
+    equiv = sum(1 for r in rows if results.get(r["id"], {}).get("result") == "survived"
+                and r.get("survives", "").startswith("equivalent"))
+    built = killed + survived - equiv
     score = f"{100.0 * killed / built:.1f}%" if built else "n/a"
     lines = [
         "# Mutants",
@@ -393,7 +397,8 @@ def write_doc(rows, results, started):
         "",
         f"Last run: {started}. {len(rows)} mutants: " + ", ".join(
             f"{counts[k]} {k}" for k in ("killed", "survived", "stillborn", "stale", "not run")
-            if counts.get(k)) + f". Killed of those that build and verify: **{score}**.",
+            if counts.get(k)) + f" ({equiv} of the survivors equivalent). Killed of those that build, verify"
+        f" and are not equivalent: **{score}** ({killed} of {built}).",
         "",
         "| mutant | result | by | file | breaks |",
         "|---|---|---|---|---|",
