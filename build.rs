@@ -58,5 +58,24 @@ fn main() {
             ])
             .build_and_generate(&skel)
             .unwrap_or_else(|e| panic!("building {}: {e:#}", src.display()));
+        // The same program with the trace compiled out (-DDP_NO_TRACE):
+        // only the benchmark loads it, to measure what the trace costs
+        // while no trace runs.
+        SkeletonBuilder::new()
+            .source(&src)
+            .obj(out.join(format!("{name}.notrace.bpf.o")))
+            .clang(&clang)
+            .clang_args([
+                "-I".to_string(),
+                include.display().to_string(),
+                "-I".to_string(),
+                bpf_dir.display().to_string(),
+                "-Wall".to_string(),
+                "-Wextra".to_string(),
+                "-Werror".to_string(),
+                "-DDP_NO_TRACE".to_string(),
+            ])
+            .build()
+            .unwrap_or_else(|e| panic!("building {} without the trace: {e:#}", src.display()));
     }
 }

@@ -105,8 +105,17 @@ unsafe impl plain::Plain for types::container_port {}
 unsafe impl plain::Plain for types::container_value {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::container_config {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::dp_tuple {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::trace_event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::trace_config {}
 
 // The C side asserts the same sizes (dp_types.h).
+const _: () = assert!(std::mem::size_of::<types::dp_tuple>() == 40);
+const _: () = assert!(std::mem::size_of::<types::trace_event>() == 112);
+const _: () = assert!(std::mem::size_of::<types::trace_config>() == 80);
 const _: () = assert!(std::mem::size_of::<types::dnat4_key>() == 8);
 const _: () = assert!(std::mem::size_of::<types::dnat4_value>() == 20);
 const _: () = assert!(std::mem::size_of::<types::flow4_key>() == 16);

@@ -484,3 +484,285 @@ fn grafana_dashboard_uses_the_exposed_metrics() {
         assert!(used.contains(must), "no panel shows {must}");
     }
 }
+
+// ---------------------------------------------------------------------
+// trace
+
+/// A running `datapathctl trace --json`: its output lines as they come.
+struct Tracer {
+    child: Child,
+    out: std::sync::mpsc::Receiver<String>,
+    err: std::sync::mpsc::Receiver<String>,
+}
+
+fn lines_of(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(r)).map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Tracer {
+    /// Starts a trace (`-n` the topology's host namespace) and waits until
+    /// it says it is tracing.
+    fn start(t: &Topo, args: &[&str]) -> Self {
+        let mut a = vec!["-n", t.host.as_str(), "trace", "--json"];
+        a.extend_from_slice(args);
+        let mut child = t.ctl.command(&a).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("trace");
+        let out = lines_of(child.stdout.take().unwrap());
+        let err = lines_of(child.stderr.take().unwrap());
+        let l = err.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("trace {args:?} never started"));
+        assert!(l.contains("tracing"), "trace {args:?}: {l}");
+        Self { child, out, err }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) of our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Waits for the process to end (after a signal, or by itself).
+    fn wait(mut self) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "trace did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let events = self.out.iter().map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+        let err = self.err.iter().collect::<Vec<_>>().join("\n");
+        (status, events, err)
+    }
+
+    /// Ctrl-C, and what it printed.
+    fn stop(self) -> (Vec<serde_json::Value>, String) {
+        self.signal(libc::SIGINT);
+        let (status, events, err) = self.wait();
+        assert!(status.success(), "trace exited with {status} on SIGINT: {err}");
+        (events, err)
+    }
+}
+
+fn pins_of(t: &Topo) -> datapath::kernel::pins::PinRoot {
+    datapath::kernel::pins::PinRoot::new(&t.ctl.root)
+}
+
+fn emitting(t: &Topo) -> bool {
+    datapath::ops::trace::emitting(&pins_of(t)).unwrap()
+}
+
+fn tuple_has_port(v: &serde_json::Value, p: u16) -> bool {
+    ["before", "after"].iter().any(|k| v[k]["sport"] == p || v[k]["dport"] == p)
+}
+
+fn tuple_has_addr(v: &serde_json::Value, a: &str) -> bool {
+    ["before", "after"].iter().any(|k| v[k]["src"] == a || v[k]["dst"] == a)
+}
+
+/// Traffic of every kind the filters tell apart: TCP through 30001, UDP
+/// through 30002, and a datagram the container may not send (dropped).
+fn mixed_traffic(t: &Topo, c: usize) {
+    let l = tcp_listen(&t.ctrs[c].ns, CTR_PORT);
+    let mut p = t.player_connect(TCP_PORT, CONNECT).expect("player connects");
+    let (mut s, _) = accept(&l, CONNECT).expect("container accepts");
+    p.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).unwrap();
+    s.write_all(&b).unwrap();
+    p.read_exact(&mut b).unwrap();
+    let srv = udp_bind(&t.ctrs[c].ns, any(CTR_PORT));
+    let ps = udp_bind(&t.player, any(0));
+    ps.send_to(b"udp", sa(EXT_IP, UDP_PORT)).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = srv.recv_from(&mut buf).unwrap();
+    srv.send_to(&buf[..n], from).unwrap();
+    ps.recv_from(&mut buf).unwrap();
+    // UDP to a port other than 53 from a container: tproxy drops it.
+    let stray = udp_bind(&t.ctrs[c].ns, any(0));
+    stray.send_to(b"stray", sa(PLAYER_IP, 5000)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// A player's connection: the guard passes the SYN, dnat redirects it
+/// with the tuple before (player -> external address:30001) and after
+/// (player -> container:25565) the rewrite, then snat redirects the
+/// container's SYN-ACK (container:25565 -> player becomes external
+/// address:30001 -> player), in that order; Ctrl-C ends the trace and
+/// switches emission off.
+#[test]
+fn trace_shows_a_players_connection_in_order() {
+    if !privileged("trace_shows_a_players_connection_in_order") {
+        return;
+    }
+    let (t, c) = setup();
+    assert!(!emitting(&t), "emission on before any trace");
+    let tr = Tracer::start(&t, &["--port", &TCP_PORT.to_string()]);
+    assert!(emitting(&t), "emission off while a trace runs");
+    let l = tcp_listen(&t.ctrs[c].ns, CTR_PORT);
+    let mut p = t.player_connect(TCP_PORT, CONNECT).expect("player connects");
+    let (mut s, _) = accept(&l, CONNECT).expect("container accepts");
+    p.write_all(b"hello").unwrap();
+    let mut b = [0u8; 5];
+    s.read_exact(&mut b).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (ev, err) = tr.stop();
+    assert!(!emitting(&t), "emission still on after Ctrl-C");
+    assert!(err.contains("events, 0 lost"), "summary: {err}");
+
+    let player = p.local_addr().unwrap();
+    let (pl_ip, pl_port) = (player.ip().to_string(), player.port());
+    let ext = EXT_IP.to_string();
+    let ctr = t.ctrs[c].ip.to_string();
+    let pos = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        ev.iter().position(|e| f(e)).unwrap_or_else(|| panic!("no {what} event in {ev:#?}"))
+    };
+    let guard = pos("guard", &|e| e["program"] == "guard" && e["iface"] == t.ext.as_str() && e["before"]["sport"] == pl_port);
+    let dnat = pos("dnat redirect", &|e| e["program"] == "dnat" && e["reason"] == "redirect");
+    let snat = pos("snat redirect", &|e| e["program"] == "snat" && e["reason"] == "redirect");
+    assert!(guard < dnat && dnat < snat, "order guard {guard}, dnat {dnat}, snat {snat}: {ev:#?}");
+    let d = &ev[dnat];
+    assert_eq!(d["verdict"], "redirect", "{d}");
+    assert_eq!(d["proto"], "tcp", "{d}");
+    assert_eq!(d["iface"], t.ext.as_str(), "{d}");
+    assert_eq!(d["before"], serde_json::json!({"src": pl_ip, "sport": pl_port, "dst": ext, "dport": TCP_PORT}), "{d}");
+    assert_eq!(d["after"], serde_json::json!({"src": pl_ip, "sport": pl_port, "dst": ctr, "dport": CTR_PORT}), "{d}");
+    assert_eq!(d["len"], 74, "a SYN's frame: {d}");
+    let s_ = &ev[snat];
+    assert_eq!(s_["iface"], t.ctrs[c].veth.as_str(), "{s_}");
+    assert_eq!(s_["before"], serde_json::json!({"src": ctr, "sport": CTR_PORT, "dst": pl_ip, "dport": pl_port}), "{s_}");
+    assert_eq!(s_["after"], serde_json::json!({"src": ext, "sport": TCP_PORT, "dst": pl_ip, "dport": pl_port}), "{s_}");
+    assert!(d["time"].as_str().is_some_and(|s| s.ends_with('Z')), "{d}");
+    assert!(ev[snat]["ktime_ns"].as_u64() > d["ktime_ns"].as_u64(), "times in order");
+    // The text form of the same kind of event.
+    let text = Tracer::start(&t, &[]);
+    text.signal(libc::SIGTERM);
+    let (status, _, _) = text.wait();
+    assert!(status.success());
+}
+
+/// Each filter narrows the output to what it names, in the kernel; the
+/// unfiltered trace of the same traffic shows more.
+#[test]
+fn trace_filters_narrow_the_output() {
+    if !privileged("trace_filters_narrow_the_output") {
+        return;
+    }
+    let (t, c) = setup();
+    let run = |args: &[&str]| -> Vec<serde_json::Value> {
+        let tr = Tracer::start(&t, args);
+        mixed_traffic(&t, c);
+        let (ev, err) = tr.stop();
+        assert!(!ev.is_empty(), "trace {args:?} showed nothing: {err}");
+        assert!(!emitting(&t));
+        ev
+    };
+    let all = run(&[]);
+    let ctr = t.ctrs[c].ip.to_string();
+    let has = |ev: &[serde_json::Value], f: &dyn Fn(&serde_json::Value) -> bool| ev.iter().any(|e| f(e));
+    // The unfiltered trace holds events every filter below leaves out.
+    assert!(has(&all, &|e| tuple_has_port(e, TCP_PORT)) && has(&all, &|e| tuple_has_port(e, UDP_PORT)));
+    assert!(has(&all, &|e| e["drop"] == true) && has(&all, &|e| e["drop"] == false));
+    assert!(has(&all, &|e| e["iface"] == t.ext.as_str()) && has(&all, &|e| e["iface"] == t.ctrs[c].veth.as_str()));
+    assert!(has(&all, &|e| !tuple_has_addr(e, &ctr)), "every event has the container's address");
+
+    let ev = run(&["--port", &UDP_PORT.to_string()]);
+    assert!(ev.iter().all(|e| tuple_has_port(e, UDP_PORT)), "--port: {ev:#?}");
+    let ev = run(&["--addr", &ctr]);
+    assert!(ev.iter().all(|e| tuple_has_addr(e, &ctr)), "--addr: {ev:#?}");
+    let ev = run(&["--iface", &t.ext]);
+    assert!(ev.iter().all(|e| e["iface"] == t.ext.as_str()), "--iface: {ev:#?}");
+    let ev = run(&["--reason", "snat/redirect"]);
+    assert!(ev.iter().all(|e| e["program"] == "snat" && e["reason"] == "redirect"), "--reason: {ev:#?}");
+    let ev = run(&["--reason", "snat/redirect", "--reason", "dnat/redirect"]);
+    assert!(ev.iter().all(|e| e["reason"] == "redirect") && has(&ev, &|e| e["program"] == "dnat") && has(&ev, &|e| e["program"] == "snat"), "two --reason: {ev:#?}");
+    let ev = run(&["--drops"]);
+    assert!(ev.iter().all(|e| e["drop"] == true && e["verdict"] == "drop"), "--drops: {ev:#?}");
+    assert!(has(&ev, &|e| e["program"] == "tproxy_ingress" && e["reason"] == "udp_dropped"), "--drops: {ev:#?}");
+
+    // --count ends the trace by itself, after exactly N events.
+    let tr = Tracer::start(&t, &["--count", "3"]);
+    mixed_traffic(&t, c);
+    let (status, ev, err) = tr.wait();
+    assert!(status.success(), "{err}");
+    assert_eq!(ev.len(), 3, "--count 3: {ev:#?}");
+    assert!(!emitting(&t), "emission on after --count");
+
+    // Unknown reasons and bad filters: one line, nothing switched on.
+    for bad in [&["--reason", "nonsense"][..], &["--addr", "10.0.0"], &["--port", "0"], &["--iface", "nosuchif0"]] {
+        let mut a = vec!["-n", t.host.as_str(), "trace"];
+        a.extend_from_slice(bad);
+        let out = t.ctl.command(&a).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.trim().lines().count() == 1, "trace {bad:?}: {err}");
+        assert!(!emitting(&t), "trace {bad:?} switched emission on");
+    }
+}
+
+/// Emission is off after SIGINT and SIGTERM; after SIGKILL it stays on
+/// until the next datapathctl command, whichever it is. A second trace is
+/// refused while one runs.
+#[test]
+fn trace_emission_is_off_however_the_trace_ends() {
+    if !privileged("trace_emission_is_off_however_the_trace_ends") {
+        return;
+    }
+    let (t, _) = setup();
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let tr = Tracer::start(&t, &[]);
+        assert!(emitting(&t));
+        tr.signal(sig);
+        let (status, _, err) = tr.wait();
+        assert!(status.success(), "signal {sig}: {status} {err}");
+        assert!(!emitting(&t), "emission on after signal {sig}");
+    }
+    let tr = Tracer::start(&t, &[]);
+    let second = t.ctl.command(&["trace"]).output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success() && err.contains("running already") && err.trim().lines().count() == 1, "{err}");
+    assert!(emitting(&t), "a refused trace switched emission off");
+    tr.signal(libc::SIGKILL);
+    let (status, _, _) = tr.wait();
+    assert!(!status.success());
+    assert!(emitting(&t), "nothing turned emission off yet after SIGKILL");
+    t.ctl.run(&["stats"]);
+    assert!(!emitting(&t), "the next command did not turn off the emission of a killed trace");
+    // And a new trace may start.
+    let tr = Tracer::start(&t, &[]);
+    tr.stop();
+}
+
+/// A flood larger than the ring buffer: the events that did not fit are
+/// counted per CPU and reported by trace, on stderr and in the JSON stream.
+#[test]
+fn trace_reports_lost_events() {
+    if !privileged("trace_reports_lost_events") {
+        return;
+    }
+    let (t, _) = setup();
+    let tr = Tracer::start(&t, &["--reason", "dnat/miss"]);
+    let pins = pins_of(&t);
+    let dnat = datapath::kernel::attach::obj_get(&pins.prog("dnat")).unwrap();
+    let frame = common::packet::Pkt::udp((Ipv4Addr::new(198, 51, 100, 7), 1000), (Ipv4Addr::new(198, 51, 100, 8), 9)).build();
+    // 300,000 events of 120 bytes in one system call: 36 MB for a 1 MiB ring.
+    let out = common::test_run(&dnat, &frame, 0, 300_000);
+    assert_eq!(out.verdict, common::TC_ACT_UNSPEC);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ev, err) = tr.stop();
+    let lost_map = datapath::maps::open(&pins, "trace_lost").unwrap();
+    let lost = datapath::ops::trace::lost(&lost_map).unwrap();
+    assert!(lost > 0, "nothing lost: the flood fit the ring");
+    let reported: u64 = ev.iter().filter_map(|e| e["lost"].as_u64()).sum();
+    assert_eq!(reported, lost, "JSON lost records: {reported}, trace_lost: {lost}");
+    assert!(err.contains("events lost"), "stderr: {err}");
+    assert!(err.contains(&format!("{lost} lost")), "summary: {err}");
+    let shown = ev.iter().filter(|e| e["program"] == "dnat").count() as u64;
+    assert!(shown > 0, "no events at all");
+    assert_eq!(shown + lost, 300_000, "every event of the flood is shown or counted lost");
+}

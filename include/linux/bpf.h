@@ -26,6 +26,8 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_LRU_HASH,
 	BPF_MAP_TYPE_LRU_PERCPU_HASH,
 	BPF_MAP_TYPE_LPM_TRIE,
+	/* The types in between are not used. */
+	BPF_MAP_TYPE_RINGBUF = 27,
 };
 
 /* flags for BPF_MAP_UPDATE_ELEM */

@@ -20,6 +20,7 @@ int arp(struct __sk_buff *skb)
 	struct arphdr *arp;
 	__be32 sip, tip;
 
+	dp_trace_tc(skb);
 	/* A VLAN tag, already moved out of the frame into skb->vlan_tci, makes
 	 * the frame not ours: tproxy drops it as not IPv4/ARP. */
 	if ((void *)(eth + 1) > data_end || skb->vlan_present ||

@@ -138,6 +138,7 @@ static __always_inline int dnat_icmp(struct __sk_buff *skb, struct dp_l4 *p)
 
 	/* Outer header: the destination becomes the container. */
 	ip->daddr = ctr_addr;
+	dp_trace_rewrite4(true, ctr_addr, 0);
 	ip->check = dp_csum_replace4(ip->check, ext_addr, ctr_addr);
 	dp_copy_mac(((struct ethhdr *)data)->h_dest, v->ctr_mac);
 
@@ -181,6 +182,7 @@ int dnat(struct __sk_buff *skb)
 	struct dp_l4 p;
 	int new;
 
+	dp_trace_tc(skb);
 	switch (dp_parse_l4(skb, &p)) {
 	case DP_PARSE_OK:
 		break;

@@ -174,6 +174,25 @@ enum dp_guard_flag {
 	DP_GUARD_F_VERIFIED = 1,	/* the state lives in guard_vsrc4 */
 };
 
+/* Trace events: the hook a program runs at (how its verdict reads), and
+ * the address family of a tuple (0: the packet has no IP header). */
+enum dp_trace_hook {
+	DP_TRACE_NONE = 0,	/* no event being built */
+	DP_TRACE_TC = 1,
+	DP_TRACE_XDP = 2,
+	DP_TRACE_CGROUP = 3,
+};
+
+enum dp_trace_family {
+	DP_AF_INET = 2,
+	DP_AF_INET6 = 10,
+};
+
+/* Size of the trace_events ring buffer, bytes (a power of two). */
+enum dp_trace_size {
+	DP_TRACE_RING = 1 << 20,
+};
+
 enum dp_name_len {
 	DP_NETNS_LEN = 64,
 	DP_TARGET_LEN = 256,

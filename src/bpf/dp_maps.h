@@ -184,6 +184,36 @@ struct {
 	__type(value, struct container_config);
 } container_cfg SEC(".maps");
 
+/* trace: whether `datapathctl trace` runs, and its filters (one entry). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct trace_config);
+} trace_cfg SEC(".maps");
+
+/* trace: the events (see dp_trace.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, DP_TRACE_RING);
+} trace_events SEC(".maps");
+
+/* trace: the event a program builds while it runs (per CPU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct trace_event);
+} trace_scratch SEC(".maps");
+
+/* trace: events lost to a full ring buffer, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} trace_lost SEC(".maps");
+
 /* Names a map in an instruction that never runs. */
 #define dp_keep(map) asm volatile("" : : "r"(&(map)))
 /* guard: settings (one entry; the clock tests use). */
@@ -292,6 +322,10 @@ static __always_inline void dp_keep_maps(void)
 		dp_keep(guard_verified4);
 		dp_keep(containers);
 		dp_keep(container_cfg);
+		dp_keep(trace_cfg);
+		dp_keep(trace_events);
+		dp_keep(trace_scratch);
+		dp_keep(trace_lost);
 	}
 }
 
@@ -337,6 +371,9 @@ struct dp_btf_enums {
 	enum dp_guard_class guard_class;
 	enum dp_guard_flag guard_flag;
 	enum dp_flow_flag flow_flag;
+	enum dp_trace_hook trace_hook;
+	enum dp_trace_family trace_family;
+	enum dp_trace_size trace_size;
 };
 
 /* Never called, so never loaded. Its signature puts the shared enums into

@@ -12,6 +12,7 @@
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
+#include "dp_trace.h"
 
 #ifndef offsetof
 #define offsetof(type, member) __builtin_offsetof(type, member)
@@ -228,6 +229,7 @@ static __always_inline int dp_rewrite(struct __sk_buff *skb,
 		p->ports[0] = new_port;
 	}
 	p->ip->check = dp_csum_replace4(p->ip->check, old_ip, new_ip);
+	dp_trace_rewrite4(dst, new_ip, new_port);
 
 	if (bpf_l4_csum_replace(skb, csum_off, old_ip, new_ip,
 				BPF_F_PSEUDO_HDR | sizeof(new_ip) | mangled))

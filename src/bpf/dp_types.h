@@ -326,6 +326,49 @@ struct container_config {
 	__u64 reserved[3];	/* zero */
 };
 
+/* Addresses and ports of a packet or socket, either family (IPv4 in
+ * word 0). */
+struct dp_tuple {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 family;		/* enum dp_trace_family; 0: no IP header */
+	__u8 proto;
+	__u8 pad[2];
+};
+
+/* One decision of a program, as `datapathctl trace` receives it from
+ * trace_events (and as trace_scratch builds it). */
+struct trace_event {
+	__u64 ts;		/* bpf_ktime_get_ns() */
+	__u32 ifindex;		/* the packet's interface; 0 at cgroup hooks */
+	__u32 len;		/* bytes counted */
+	__u32 stat;		/* enum dp_stat */
+	__s32 verdict;		/* the program's return value */
+	__u8 hook;		/* enum dp_trace_hook */
+	__u8 drop;		/* the verdict drops the packet */
+	__u8 pad[6];
+	struct dp_tuple before;	/* as the program found it */
+	struct dp_tuple after;	/* after its rewrites */
+};
+
+/* trace_cfg value (single entry): whether a trace runs and its filters,
+ * all applied in the kernel. */
+struct trace_config {
+	__u32 on;		/* 0: nothing is emitted */
+	__u32 drops_only;
+	__u32 ifindex;		/* 0: any interface */
+	__be16 port;		/* 0: any; else a port before or after */
+	__u8 family;		/* 0: any address; else addr, before or after */
+	__u8 pad;
+	__be32 addr[4];
+	__u64 reasons[4];	/* bit per enum dp_stat: the reasons shown */
+	__u32 owner_pid;	/* user space only: the trace that switched it on */
+	__u32 pad2;
+	__u64 owner_start;	/* user space only: its start time (clock ticks) */
+};
+
 _Static_assert(sizeof(struct dnat4_key) == 8, "dnat4_key layout");
 _Static_assert(sizeof(struct dnat4_value) == 20, "dnat4_value layout");
 _Static_assert(sizeof(struct flow4_key) == 16, "flow4_key layout");
@@ -361,3 +404,6 @@ _Static_assert(sizeof(struct container_key) == 128, "container_key layout");
 _Static_assert(sizeof(struct container_port) == 24, "container_port layout");
 _Static_assert(sizeof(struct container_value) == 1872, "container_value layout");
 _Static_assert(sizeof(struct container_config) == 32, "container_config layout");
+_Static_assert(sizeof(struct dp_tuple) == 40, "dp_tuple layout");
+_Static_assert(sizeof(struct trace_event) == 112, "trace_event layout");
+_Static_assert(sizeof(struct trace_config) == 80, "trace_config layout");

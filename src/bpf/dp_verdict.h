@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* The one exit of every program: dp_verdict() counts the packet under its
- * reason, accounts it to its published port when it belongs to one, and is
- * where a trace event will be emitted. A new counter or event is one edit
- * here, never one per return statement. */
+ * reason, accounts it to its published port when it belongs to one, and
+ * emits its trace event while a trace runs. A new counter or event is one
+ * edit here, never one per return statement. */
 #pragma once
 
 #include "dp_maps.h"
+#include "dp_trace.h"
 
 /* A packet of a published port: its slot in port_stats and which way it
  * goes. */
@@ -56,12 +57,10 @@ static __always_inline int dp_verdict(__u32 bytes, enum dp_stat stat,
 		dp_count(stat, bytes);
 	if (acct && acct->dir != DP_DIR_NONE)
 		dp_account(acct, bytes);
-	/*
-	 * TRACE HOOK: `datapathctl trace` emits one event per decision here
-	 * (program, reason, verdict, interface, tuple before and after the
-	 * rewrite) into a ring buffer, only while a trace runs: the check of
-	 * its switch comes first, so without a trace the cost stays one load
-	 * and one branch. Nothing is emitted yet.
-	 */
+	/* One event per decision while `datapathctl trace` runs (see
+	 * dp_trace.h); without a trace, one load and one branch. A verdict
+	 * the next program counts is its decision, not this one's. */
+	if (stat != DP_STAT_NONE)
+		dp_trace_end(bytes, stat, verdict);
 	return verdict;
 }

@@ -179,6 +179,7 @@ int guard(struct xdp_md *ctx)
 	__u32 rate_off;
 	int parsed, class;
 
+	dp_trace_xdp(ctx);
 	cfg = bpf_map_lookup_elem(&guard_cfg, &zero);
 	if (!cfg)
 		return guard_verdict(len, DP_STAT_GUARD_PASSED, XDP_PASS);

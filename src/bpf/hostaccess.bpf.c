@@ -128,6 +128,7 @@ static __always_inline int ha_redirect4(struct bpf_sock_addr *ctx,
 	__be32 addr = ctx->user_ip4;
 	__be16 port = (__be16)ctx->user_port;
 
+	dp_trace_cgroup(addr, port, proto);
 	if (!ha_host_socket(ctx))
 		return dp_verdict(0, other_netns, HA_ALLOW, NULL);
 	if ((proto != IPPROTO_TCP && proto != IPPROTO_UDP) ||
@@ -138,6 +139,7 @@ static __always_inline int ha_redirect4(struct bpf_sock_addr *ctx,
 	 * order, as it gave it. */
 	ctx->user_ip4 = t.addr;
 	ctx->user_port = t.port;
+	dp_trace_rewrite4(true, t.addr, t.port);
 
 	key = ha_rev4_key(ctx, t.addr, t.port);
 	old = bpf_map_lookup_elem(&sock_rev4, &key);
@@ -162,11 +164,13 @@ static __always_inline int ha_restore4(struct bpf_sock_addr *ctx,
 	struct sock_rev4_key key;
 
 	key = ha_rev4_key(ctx, ctx->user_ip4, (__be16)ctx->user_port);
+	dp_trace_cgroup(key.ctr_addr, key.ctr_port, ctx->protocol);
 	orig = bpf_map_lookup_elem(&sock_rev4, &key);
 	if (!orig)
 		return dp_verdict(0, untouched, HA_ALLOW, NULL);
 	ctx->user_ip4 = orig->addr;
 	ctx->user_port = orig->port;
+	dp_trace_rewrite4(true, orig->addr, orig->port);
 	return dp_verdict(0, restored, HA_ALLOW, NULL);
 }
 

@@ -154,6 +154,7 @@ int snat(struct __sk_buff *skb)
 	struct dp_l4 p;
 	int parsed;
 
+	dp_trace_tc(skb);
 	parsed = dp_parse_l4(skb, &p);
 	if (!p.ip)
 		/* Not IPv4, or IPv4 cut short: tproxy drops what it must. */

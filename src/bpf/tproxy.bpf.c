@@ -47,6 +47,7 @@ int tproxy_ingress(struct __sk_buff *skb)
 	bool opens;
 	int parsed;
 
+	dp_trace_tc(skb);
 	parsed = dp_parse_l4(skb, &p);
 	if (parsed == DP_PARSE_NOT_IPV4) {
 		/* ARP reaches this only if arp is not attached. */
@@ -169,6 +170,7 @@ int tproxy_egress(struct __sk_buff *skb)
 	struct flow4_key hkey;
 	struct dp_l4 p;
 
+	dp_trace_tc(skb);
 	if (dp_parse_l4(skb, &p) != DP_PARSE_OK)
 		return dp_verdict(len, DP_STAT_TPROXY_EGRESS_PASSED, TC_ACT_OK,
 				  NULL);
@@ -214,6 +216,7 @@ int getsockopt(struct bpf_sockopt *ctx)
 	__u32 family, ip6[4];
 	__be32 ip4;
 
+	dp_trace_cgroup(0, 0, 0);
 	/* Anything else keeps the kernel's own answer (return 1). */
 	if (ctx->level != SOL_IP || ctx->optname != SO_ORIGINAL_DST || !sk)
 		return dp_verdict(0, DP_STAT_NONE, 1, NULL);

@@ -41,8 +41,12 @@ pub mod name {
     pub const GUARD_VERIFIED4: &str = "guard_verified4";
     pub const CONTAINERS: &str = "containers";
     pub const CONTAINER_CFG: &str = "container_cfg";
+    pub const TRACE_CFG: &str = "trace_cfg";
+    pub const TRACE_EVENTS: &str = "trace_events";
+    pub const TRACE_SCRATCH: &str = "trace_scratch";
+    pub const TRACE_LOST: &str = "trace_lost";
     /// Every map of a pin root.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 31] = [
         DNAT4,
         FLOWS4,
         HOST_FLOWS4,
@@ -70,6 +74,10 @@ pub mod name {
         GUARD_VERIFIED4,
         CONTAINERS,
         CONTAINER_CFG,
+        TRACE_CFG,
+        TRACE_EVENTS,
+        TRACE_SCRATCH,
+        TRACE_LOST,
     ];
 }
 

@@ -26,6 +26,7 @@ use crate::kernel::pins::PinRoot;
 
 pub mod guard;
 pub mod metrics;
+pub mod trace;
 
 /// Proxy ports given to `load`; unset ones keep their current value.
 #[derive(Default, Clone, Copy, Debug)]

@@ -108,6 +108,27 @@ enum Cmd {
     Status,
     /// Packet counters per program and reason.
     Stats,
+    /// One line per datapath decision while it runs (filters applied in the kernel).
+    Trace {
+        /// Only packets with this port (source or destination, before or after a rewrite).
+        #[arg(long, value_name = "P", value_parser = parse_port)]
+        port: Option<u16>,
+        /// Only packets with this address (source or destination, before or after a rewrite).
+        #[arg(long, value_name = "A", value_parser = observe::parse_addr)]
+        addr: Option<std::net::IpAddr>,
+        /// Only packets seen on this interface (name or index; with -n, in that namespace).
+        #[arg(long, value_name = "IF")]
+        iface: Option<String>,
+        /// Only these reasons: PROGRAM/REASON or REASON, as `stats` shows them (repeatable).
+        #[arg(long = "reason", value_name = "R")]
+        reasons: Vec<String>,
+        /// Only verdicts that drop the packet.
+        #[arg(long)]
+        drops: bool,
+        /// Stop after N events.
+        #[arg(long, value_name = "N", value_parser = parse_count64)]
+        count: Option<u64>,
+    },
     /// Prometheus metrics: printed once, or served at /metrics with --listen.
     Metrics {
         /// Serve GET /metrics on this address until stopped (e.g. 0.0.0.0:9469).
@@ -561,6 +582,11 @@ fn run(cli: Cli) -> Result<()> {
         bail!("must run as root (needs CAP_BPF, CAP_NET_ADMIN and {})", cli.pin_root.display());
     }
     let pins = PinRoot::new(&cli.pin_root);
+    // A trace killed with SIGKILL left emission on: whatever this command
+    // is, it turns it off first.
+    if let Err(e) = ops::trace::reap(&pins) {
+        log::info!("checking for a dead trace: {e:#}");
+    }
     let ns = cli.netns.as_deref();
     let json = cli.json;
     match cli.cmd {
@@ -705,6 +731,9 @@ fn run(cli: Cli) -> Result<()> {
         },
         Cmd::Guard { what } => guard(&pins, json, what),
         Cmd::Metrics { listen } => observe::metrics(&pins, listen),
+        Cmd::Trace { port, addr, iface, reasons, drops, count } => {
+            observe::trace(&pins, ns, json, observe::TraceArgs { port, addr, iface, reasons, drops, count })
+        }
         Cmd::Status => print(json, &ops::status(&pins)?, describe_status),
         Cmd::Stats => print(json, &ops::stats(&pins)?, |l| {
             let mut s = format!("{:<16} {:<20} {:>14} {:>16}", "PROGRAM", "REASON", "PACKETS", "BYTES");
