@@ -80,6 +80,9 @@ fn main() {
     if want("guard") {
         sections.push(("guard", machine_line() + &guard_bench(&opts)));
     }
+    if want("trace") {
+        sections.push(("trace", machine_line() + &trace_bench(&opts)));
+    }
     if want("ctl") {
         sections.push(("ctl", machine_line() + &ctl_bench(&opts)));
     }
@@ -1521,6 +1524,145 @@ fn containers_bench(opts: &Opts) -> String {
          | ADD | {dp_add:.1} | {br_add:.1} | ≤ 30 |\n| DEL | {dp_del:.1} | {br_del:.1} | ≤ 30 |\n\n\
          (The portmap plugin left {chains} CNI-HOSTPORT-* chain(s) in the host namespace's nat table after its \
          last container; the benchmark removes them.)\n\n"
+    ));
+    eprint!("{s}");
+    s
+}
+
+// ---------------------------------------------------------------------
+// Trace and metrics
+
+/// A program of this build with the trace compiled out (-DDP_NO_TRACE,
+/// built beside the skeletons), loaded on the pin root's maps.
+fn notrace_prog(env: &ProgEnv, object: &str, prog: &str) -> (libbpf_rs::Object, std::os::fd::OwnedFd) {
+    use std::os::fd::AsFd;
+    let path = format!("{}/{object}.notrace.bpf.o", env!("OUT_DIR"));
+    let mut open = libbpf_rs::ObjectBuilder::default().open_file(&path).expect("notrace object");
+    for mut m in open.maps_mut() {
+        let pin = env.root.pins.map(&m.name().to_string_lossy());
+        if pin.exists() {
+            m.reuse_pinned_map(&pin).expect("reusing a pinned map");
+        }
+    }
+    let obj = open.load().expect("loading the notrace object");
+    let fd = obj
+        .progs()
+        .find(|p| p.name() == prog)
+        .map(|p| p.as_fd().try_clone_to_owned().unwrap())
+        .expect("program in the notrace object");
+    (obj, fd)
+}
+
+fn set_trace(env: &ProgEnv, cfg: &types::trace_config) {
+    let m = datapath::maps::open(&env.root.pins, "trace_cfg").unwrap();
+    m.update(bytes_of(&0u32), bytes_of(cfg), MapFlags::ANY).unwrap();
+}
+
+fn trace_bench(opts: &Opts) -> String {
+    eprintln!("bench: trace cost per packet");
+    let env = prog_env();
+    let _in_ns = NetnsGuard::enter(Some(&env.ns.name)).unwrap();
+    let all = paths(&env);
+    let chosen: Vec<&Path> = all.iter().filter(|p| ["dnat hit", "dnat miss", "snat hit", "tproxy egress restore"].contains(&p.name)).collect();
+    let objects = |prog: &str| match prog {
+        "dnat" => "dnat",
+        "snat" => "snat",
+        _ => "tproxy",
+    };
+    let notrace: Vec<(libbpf_rs::Object, std::os::fd::OwnedFd)> = chosen.iter().map(|p| notrace_prog(&env, objects(p.prog), p.prog)).collect();
+    let traced: Vec<std::os::fd::OwnedFd> = chosen.iter().map(|p| prog_fd(&env.root, p.prog)).collect();
+    // Off: compiled out and switched off, interleaved over three rounds.
+    let rounds = if opts.short { 1 } else { 3 };
+    let mut out_ns = vec![Vec::new(); chosen.len()];
+    let mut off_ns = vec![Vec::new(); chosen.len()];
+    for _ in 0..rounds {
+        for (i, p) in chosen.iter().enumerate() {
+            out_ns[i].push(measure_fd(&notrace[i].1, p, opts));
+            off_ns[i].push(measure_fd(&traced[i], p, opts));
+        }
+    }
+    // A trace with a filter nothing matches (port 1).
+    let mut cfg = types::trace_config { on: 1, port: 1u16.to_be(), reasons: [u64::MAX; 4], ..Default::default() };
+    set_trace(&env, &cfg);
+    let nomatch: Vec<f64> = chosen.iter().enumerate().map(|(i, p)| measure_fd(&traced[i], p, opts)).collect();
+    // A trace matching everything, its ring drained by a reader thread.
+    cfg.port = 0;
+    set_trace(&env, &cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let got = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let (stop, got) = (stop.clone(), got.clone());
+        let pin = env.root.pins.map("trace_events");
+        std::thread::spawn(move || {
+            let map = libbpf_rs::MapHandle::from_pinned_path(&pin).unwrap();
+            let mut b = libbpf_rs::RingBufferBuilder::new();
+            b.add(&map, |_d: &[u8]| {
+                got.fetch_add(1, Ordering::Relaxed);
+                0
+            })
+            .unwrap();
+            let rb = b.build().unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = rb.poll(Duration::from_millis(50));
+            }
+        })
+    };
+    let lost_map = datapath::maps::open(&env.root.pins, "trace_lost").unwrap();
+    let lost0 = datapath::ops::trace::lost(&lost_map).unwrap();
+    let every: Vec<f64> = chosen.iter().enumerate().map(|(i, p)| measure_fd(&traced[i], p, opts)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let lost = datapath::ops::trace::lost(&lost_map).unwrap() - lost0;
+    let read = got.load(Ordering::Relaxed);
+    set_trace(&env, &types::trace_config::default());
+
+    let (runs, repeat) = if opts.short { (3, 20_000) } else { (5, 1_000_000) };
+    let mut s = format!(
+        "### Trace\n\nBPF_PROG_TEST_RUN, median of {runs} runs of {repeat} repeats on the fixed-point fixtures of \
+         the per-packet table, in one run. \"compiled out\": the same programs built with -DDP_NO_TRACE (no trace \
+         code at all), loaded on the same maps; \"no trace\": this build, emission off; both interleaved over {rounds} \
+         rounds, medians. \"filter matching nothing\": a trace running with --port 1. \"matching everything\": every \
+         decision written to the ring buffer while a thread reads it ({read} events read, {lost} lost to a full ring: \
+         the kernel side writes faster than one reader takes them).\n\n\
+         | path | compiled out (ns) | no trace (ns) | difference (ns) | filter matching nothing (ns) | matching everything (ns) |\n\
+         |---|---:|---:|---:|---:|---:|\n"
+    );
+    for (i, p) in chosen.iter().enumerate() {
+        let (a, b) = (median(out_ns[i].clone()), median(off_ns[i].clone()));
+        s.push_str(&format!("| {} | {a:.1} | {b:.1} | {:+.1} | {:.1} | {:.1} |\n", p.name, b - a, nomatch[i], every[i]));
+    }
+    drop(notrace);
+
+    // metrics with 65,536 published ports: every mapping with its slot.
+    let mappings = datapath::maps::open(&env.root.pins, "mappings").unwrap();
+    let have = datapath::maps::count(&mappings) as u32;
+    for i in 0..datapath::abi::capacity::PUBLISHED - have {
+        let ext = Ipv4Addr::from(0x6440_0000 + i / 60000);
+        let k = types::mapping_key::new(Some(ext), (i % 60000 + 1) as u16, Proto::Udp);
+        let v = types::mapping_value::new(Ipv4Addr::from(0x0a10_0000 + i), 25565, CTR0, 999, i + 1);
+        mappings.update(bytes_of(&k), bytes_of(&v), MapFlags::NO_EXIST).unwrap();
+    }
+    let n = datapath::maps::count(&mappings);
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..if opts.short { 1 } else { 5 } {
+        let t0 = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_datapathctl"))
+            .arg("metrics")
+            .env("DATAPATH_PIN_ROOT", env.root.pins.root())
+            .output()
+            .unwrap();
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        assert!(out.status.success(), "metrics: {}", String::from_utf8_lossy(&out.stderr));
+        size = out.stdout.len();
+    }
+    s.push_str(&format!(
+        "\n`datapathctl metrics` with {n} published ports (a process, as Prometheus would get it through \
+         --listen less the HTTP): median {:.0} ms of {} runs, {:.1} MB of exposition (target: 1 s).\n\n",
+        median(times.clone()),
+        times.len(),
+        size as f64 / 1e6
     ));
     eprint!("{s}");
     s
