@@ -112,7 +112,7 @@ fn machine_line() -> String {
 }
 
 /// The order of the generated sections in BENCHMARKS.md.
-const SECTIONS: [&str; 6] = ["prog", "e2e", "guard", "ctl", "scale", "containers"];
+const SECTIONS: [&str; 7] = ["prog", "e2e", "guard", "trace", "ctl", "scale", "containers"];
 
 /// Replaces the sections measured in this run between the markers of
 /// BENCHMARKS.md (`<!-- section:NAME -->` inside the generated block) and
