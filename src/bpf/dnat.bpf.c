@@ -5,10 +5,13 @@
  * in flows4 for snat, and it is handed straight to the container side of
  * its veth with bpf_redirect_peer, skipping the host's stack. ICMP
  * destination-unreachable errors about a recorded flow are translated the
- * same way, so path-MTU discovery works for players behind smaller links. */
+ * same way, so path-MTU discovery works for players behind smaller links.
+ * IPv6 takes the same path through its twins: dnat6, flows6, ICMPv6
+ * packet-too-big and destination-unreachable. */
 #include <linux/icmp.h>
 #include "dp_verdict.h"
 #include "dp_pkt.h"
+#include "dp_pkt6.h"
 
 /* Records the flow of a published packet, or refreshes it: the lookup marks
  * the LRU entry used, and the entry is written only when it is missing or
@@ -170,6 +173,212 @@ pass:
 	return dp_verdict(len, DP_STAT_DNAT_ICMP_PASSED, TC_ACT_UNSPEC, NULL);
 }
 
+/* dnat_record() for flows6. */
+static __always_inline int dnat_record6(const struct flow6_key *k,
+					const struct flow6_value *v)
+{
+	struct flow6_value *f = bpf_map_lookup_elem(&flows6, k);
+
+	if (f && dp_ip6_eq(f->ext_addr, v->ext_addr) &&
+	    f->host_port == v->host_port &&
+	    f->ext_ifindex == v->ext_ifindex &&
+	    f->veth_ifindex == v->veth_ifindex && f->slot == v->slot)
+		return 0;
+	if (bpf_map_update_elem(&flows6, k, v, BPF_ANY))
+		return -1;
+	return !f;
+}
+
+#define DP_ICMP6_DEST_UNREACH	1
+#define DP_ICMP6_PKT_TOOBIG	2
+
+/* Bytes of an ICMPv6 error the translation reads: its 8-byte header, the
+ * embedded IPv6 header and the first 18 bytes of its TCP header (ports
+ * and checksum), or 8 of UDP. */
+#define DNAT_ICMP6_MAX	(8 + 40 + 18)
+
+/* dnat_icmp() for IPv6: a packet-too-big or destination-unreachable error
+ * about the host's reply of a recorded flow (embedded: ext addr:host port
+ * -> player, TCP or UDP right after the fixed header, as the host sends
+ * them) is rewritten as if the container's packet had provoked it, and
+ * delivered to the container. The ICMPv6 checksum covers a pseudo-header
+ * with the outer destination, so it takes that change too, besides the
+ * embedded source address, port and L4 checksum. Every change is a direct
+ * write whose one's-complement sum the checksum field takes back, so the
+ * packet's sum, and skb->csum of a CHECKSUM_COMPLETE skb, stay what they
+ * were. Anything else is passed untouched. */
+static __always_inline int dnat_icmp6(struct __sk_buff *skb,
+				      const struct dp_l4_6 *p)
+{
+	struct dp_acct acct = { .dir = DP_DIR_IN };
+	__u32 len = skb->len, icmp_off, avail, pull;
+	__be32 ext[4], ctr[4];
+	__be16 ext_port, ctr_port;
+	__sum16 *l4_check = NULL, *icheck, old, nc, sum;
+	struct ipv6hdr *ip6, *in;
+	struct dnat6_value *v;
+	struct flow6_value *f;
+	struct dnat6_key dk;
+	struct flow6_key fk;
+	void *data, *data_end;
+	__u8 *icmp, proto;
+	__be16 *ports;
+
+	icmp_off = p->l4_off;
+	if (icmp_off > DP_IPV6_HDRS_MAX || icmp_off > p->end)
+		goto pass;
+	avail = p->end - icmp_off;
+	if (avail < 8 + sizeof(*in) + 8)
+		goto pass;
+	pull = icmp_off + (avail < DNAT_ICMP6_MAX ? avail : DNAT_ICMP6_MAX);
+	if ((void *)(long)skb->data + pull > (void *)(long)skb->data_end &&
+	    bpf_skb_pull_data(skb, pull))
+		goto pass;
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ip6 = data + ETH_HLEN;
+	icmp = data + (icmp_off & 0x1ff);
+	in = (void *)(icmp + 8);
+	if ((void *)(ip6 + 1) > data_end || (void *)(in + 1) > data_end)
+		goto pass;
+	if (icmp[0] != DP_ICMP6_DEST_UNREACH && icmp[0] != DP_ICMP6_PKT_TOOBIG)
+		goto pass;
+	proto = in->nexthdr;
+	if (in->version != 6 ||
+	    (proto != IPPROTO_TCP && proto != IPPROTO_UDP) ||
+	    bpf_ntohs(in->payload_len) < (proto == IPPROTO_TCP ?
+					  sizeof(struct tcphdr) :
+					  sizeof(struct udphdr)))
+		goto pass;
+	ports = (void *)(in + 1);
+	if ((void *)(ports + 4) > data_end)
+		goto pass;
+
+	/* The error is about the host's packet and is addressed to it. */
+	if (!dp_ip6_eq(ip6->daddr.in6_u.u6_addr32, in->saddr.in6_u.u6_addr32))
+		goto pass;
+	dp_ip6_copy(ext, in->saddr.in6_u.u6_addr32);
+	ext_port = ports[0];
+	__builtin_memcpy(dk.ext_addr, ext, sizeof(ext));
+	dk.host_port = ext_port;
+	dk.proto = proto;
+	dk.pad = 0;
+	v = bpf_map_lookup_elem(&dnat6, &dk);
+	if (!v)
+		goto pass;
+	dp_ip6_copy(ctr, v->ctr_addr);
+	ctr_port = v->ctr_port;
+	fk = dp_flow6_key(ctr, in->daddr.in6_u.u6_addr32, ctr_port, ports[1],
+			  proto);
+	f = bpf_map_lookup_elem(&flows6, &fk);
+	if (!f || !dp_ip6_eq(f->ext_addr, ext) || f->host_port != ext_port)
+		goto pass;
+	acct.slot = f->slot;
+	if (proto == IPPROTO_UDP) {
+		l4_check = (void *)(ports + 3);
+		if (!*l4_check)
+			l4_check = NULL;
+	} else if (8 + sizeof(*in) + 18 <= avail) {
+		l4_check = (void *)(ports + 8);
+		if ((void *)(l4_check + 1) > data_end)
+			goto pass;
+	}
+	icheck = (void *)(icmp + 2);
+
+	/* The outer destination: in the ICMPv6 pseudo-header. */
+	dp_ip6_copy(ip6->daddr.in6_u.u6_addr32, ctr);
+	sum = dp_csum_replace16(*icheck, ext, ctr);
+	dp_copy_mac(((struct ethhdr *)data)->h_dest, v->ctr_mac);
+	/* The embedded packet: source address and port, and its own
+	 * checksum, whose pseudo-header has that source. */
+	dp_ip6_copy(in->saddr.in6_u.u6_addr32, ctr);
+	sum = dp_csum_replace16(sum, ext, ctr);
+	ports[0] = ctr_port;
+	sum = dp_csum_replace2(sum, ext_port, ctr_port);
+	if (l4_check) {
+		old = *l4_check;
+		nc = dp_csum_replace16(old, ext, ctr);
+		nc = dp_csum_replace2(nc, ext_port, ctr_port);
+		if (proto == IPPROTO_UDP && !nc)
+			nc = 0xffff;
+		*l4_check = nc;
+		sum = dp_csum_replace2(sum, old, nc);
+	}
+	*icheck = sum;
+	return dp_verdict(len, DP_STAT_DNAT_ICMP_TRANSLATED,
+			  bpf_redirect_peer(v->veth_ifindex, 0), &acct);
+pass:
+	return dp_verdict(len, DP_STAT_DNAT_ICMP_PASSED, TC_ACT_UNSPEC, NULL);
+}
+
+/* dnat for IPv6: the same steps on dnat6 and flows6. */
+static __always_inline int dnat6_packet(struct __sk_buff *skb)
+{
+	struct dp_acct acct = { .dir = DP_DIR_IN };
+	struct dnat6_value *v;
+	struct flow6_value fv;
+	struct dnat6_key key;
+	struct flow6_key fk;
+	__u32 len = skb->len;
+	struct dp_l4_6 p;
+	int new;
+
+	switch (dp_parse_l4_6(skb, &p)) {
+	case DP_PARSE_OK:
+		break;
+	case DP_PARSE_NOT_L4:
+		if (p.proto == DP_NEXTHDR_ICMP)
+			return dnat_icmp6(skb, &p);
+		return dp_verdict(len, DP_STAT_DNAT_NOT_L4, TC_ACT_UNSPEC,
+				  NULL);
+	case DP_PARSE_FRAGMENT:
+		return dp_verdict(len, DP_STAT_DNAT_FRAGMENT, TC_ACT_UNSPEC,
+				  NULL);
+	default:
+		return dp_verdict(len, DP_STAT_DNAT_MALFORMED, TC_ACT_UNSPEC,
+				  NULL);
+	}
+
+	__builtin_memcpy(key.ext_addr, p.ip6->daddr.in6_u.u6_addr32,
+			 sizeof(key.ext_addr));
+	key.host_port = p.dport;
+	key.proto = p.proto;
+	key.pad = 0;
+	v = bpf_map_lookup_elem(&dnat6, &key);
+	if (!v)
+		return dp_verdict(len, DP_STAT_DNAT_MISS, TC_ACT_UNSPEC, NULL);
+
+	fk = dp_flow6_key(v->ctr_addr, p.ip6->saddr.in6_u.u6_addr32,
+			  v->ctr_port, p.sport, p.proto);
+	__builtin_memcpy(fv.ext_addr, key.ext_addr, sizeof(fv.ext_addr));
+	fv.host_port = p.dport;
+	fv.flags = 0;
+	fv.pad = 0;
+	fv.ext_ifindex = skb->ifindex;
+	fv.veth_ifindex = v->veth_ifindex;
+	fv.slot = v->slot;
+	new = dnat_record6(&fk, &fv);
+	if (new < 0)
+		return dp_verdict(len, DP_STAT_DNAT_FLOW_ERROR, TC_ACT_SHOT,
+				  NULL);
+	acct.slot = v->slot;
+	if (p.proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)p.ports;
+
+		acct.conn = tcp->syn && !tcp->ack;
+	} else {
+		acct.conn = new;
+	}
+
+	dp_copy_mac(p.eth->h_dest, v->ctr_mac);
+	if (dp_rewrite6(skb, &p, true, v->ctr_addr, v->ctr_port))
+		return dp_verdict(len, DP_STAT_DNAT_REWRITE_FAILED,
+				  TC_ACT_SHOT, NULL);
+	return dp_verdict(len, DP_STAT_DNAT_REDIRECT,
+			  bpf_redirect_peer(v->veth_ifindex, 0), &acct);
+}
+
 SEC("tc")
 int dnat(struct __sk_buff *skb)
 {
@@ -187,6 +396,10 @@ int dnat(struct __sk_buff *skb)
 	case DP_PARSE_OK:
 		break;
 	case DP_PARSE_NOT_IPV4:
+		/* IPv6 only here: IPv4 never pays for it. */
+		if (!skb->vlan_present &&
+		    p.eth->h_proto == bpf_htons(ETH_P_IPV6))
+			return dnat6_packet(skb);
 		return dp_verdict(len, DP_STAT_DNAT_NOT_IPV4, TC_ACT_UNSPEC,
 				  NULL);
 	case DP_PARSE_NOT_L4:

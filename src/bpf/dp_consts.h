@@ -12,12 +12,12 @@
  * cgroups besides. */
 enum dp_capacity {
 	DP_MAX_PUBLISHED = 65536,	/* mappings, mapping_rev, slots */
-	DP_MAX_DNAT = 131072,		/* dnat4 */
-	DP_MAX_FLOWS = 262144,		/* flows4 */
-	DP_MAX_PROXY_FLOWS = 65536,	/* proxy_flows */
-	DP_MAX_HOST_FLOWS = 65536,	/* host_flows4 */
+	DP_MAX_DNAT = 131072,		/* dnat4, dnat6 */
+	DP_MAX_FLOWS = 262144,		/* flows4, flows6 */
+	DP_MAX_PROXY_FLOWS = 65536,	/* proxy_flows, proxy_flows6 */
+	DP_MAX_HOST_FLOWS = 65536,	/* host_flows4, host_flows6 */
 	DP_MAX_SOCK_REV = 65536,	/* sock_rev4 */
-	DP_MAX_VETHS = 65536,
+	DP_MAX_VETHS = 65536,		/* veths, veths6 */
 	DP_MAX_EXTERNALS = 1024,
 	DP_MAX_ATTACHMENTS = 73728,	/* attachments, attach_names */
 	DP_MAX_GUARD_DENY = 65536,	/* guard_deny4, guard_deny6 */
@@ -44,9 +44,12 @@ enum dp_default_port {
 enum dp_stat {
 	DP_STAT_DNAT_REDIRECT,		/* published port: rewritten, to container */
 	DP_STAT_DNAT_MISS,		/* TCP/UDP to an unpublished port: passed */
-	DP_STAT_DNAT_NOT_IPV4,		/* not IPv4: passed */
-	DP_STAT_DNAT_NOT_L4,		/* IPv4, neither TCP, UDP nor ICMP: passed */
-	DP_STAT_DNAT_FRAGMENT,		/* IPv4 fragment: passed untouched */
+	DP_STAT_DNAT_NOT_IPV4,		/* neither IPv4 nor IPv6: passed (the
+					 * name is older than IPv6 support) */
+	DP_STAT_DNAT_NOT_L4,		/* IP, neither TCP, UDP nor ICMP(v6), or
+					 * extension headers not understood:
+					 * passed */
+	DP_STAT_DNAT_FRAGMENT,		/* IP fragment: passed untouched */
 	DP_STAT_DNAT_MALFORMED,		/* too short for its headers: passed */
 	DP_STAT_DNAT_FLOW_ERROR,	/* flows4 update failed: dropped */
 	DP_STAT_DNAT_REWRITE_FAILED,	/* checksum helper failed: dropped */
@@ -56,13 +59,16 @@ enum dp_stat {
 	DP_STAT_SNAT_REDIRECT,		/* reply of a published flow: to ext NIC */
 	DP_STAT_SNAT_HANDED_ON,		/* not a published reply: next program */
 	DP_STAT_SNAT_SPOOFED,		/* source is not the container's: dropped */
-	DP_STAT_SNAT_UNREGISTERED,	/* IPv4 on an unregistered veth: dropped */
+	DP_STAT_SNAT_UNREGISTERED,	/* IP on a veth not registered for its
+					 * family: dropped */
 	DP_STAT_SNAT_REWRITE_FAILED,	/* checksum helper failed: dropped */
 	DP_STAT_SNAT_ADOPTED,		/* flow of the release before flows: recorded */
 
 	DP_STAT_ARP_REPLIED,		/* request answered with the veth's MAC */
 	DP_STAT_ARP_PASSED,		/* other ARP: to the kernel */
-	DP_STAT_ARP_UNREGISTERED,	/* ARP on an unregistered veth: kernel */
+	DP_STAT_ARP_UNREGISTERED,	/* ARP or NS on an unregistered veth: kernel */
+	DP_STAT_ARP_NEIGH_ADVERTISED,	/* IPv6 NS answered with an NA */
+	DP_STAT_ARP_ND_PASSED,		/* other ND/RD, MLD, DAD: to the kernel */
 
 	DP_STAT_TPROXY_INGRESS_DNS,		/* TCP/UDP to port 53: to the DNS proxy */
 	DP_STAT_TPROXY_INGRESS_HTTP,		/* TCP to port 80: to the HTTP proxy */
@@ -70,12 +76,13 @@ enum dp_stat {
 	DP_STAT_TPROXY_INGRESS_HOST_REPLY,	/* reply to the host's own connection */
 	DP_STAT_TPROXY_INGRESS_NO_FLOW_DROPPED,	/* TCP without SYN of no flow */
 	DP_STAT_TPROXY_INGRESS_UDP_DROPPED,	/* UDP to a port other than 53 */
-	DP_STAT_TPROXY_INGRESS_L4_DROPPED,	/* ICMP and other IPv4 protocols */
-	DP_STAT_TPROXY_INGRESS_NON_IP_DROPPED,	/* neither IPv4 nor ARP */
-	DP_STAT_TPROXY_INGRESS_FRAGMENT_DROPPED,/* IPv4 fragments cannot be proxied */
+	DP_STAT_TPROXY_INGRESS_L4_DROPPED,	/* ICMP(v6) and other protocols */
+	DP_STAT_TPROXY_INGRESS_NON_IP_DROPPED,	/* neither IPv4, IPv6 nor ARP */
+	DP_STAT_TPROXY_INGRESS_FRAGMENT_DROPPED,/* IP fragments cannot be proxied */
 	DP_STAT_TPROXY_INGRESS_MALFORMED_DROPPED,/* too short or inconsistent headers */
 	DP_STAT_TPROXY_INGRESS_SPOOFED,		/* source is not the container's */
-	DP_STAT_TPROXY_INGRESS_UNREGISTERED,	/* IPv4 on an unregistered veth */
+	DP_STAT_TPROXY_INGRESS_UNREGISTERED,	/* IP on a veth not registered for
+						 * its family */
 	DP_STAT_TPROXY_INGRESS_FLOW_ERROR,	/* flow map update failed: dropped */
 	DP_STAT_TPROXY_INGRESS_REWRITE_FAILED,	/* checksum helper failed: dropped */
 
@@ -85,8 +92,8 @@ enum dp_stat {
 	DP_STAT_TPROXY_EGRESS_FLOW_ERROR,	/* host_flows4 update failed: passed */
 	DP_STAT_TPROXY_EGRESS_REWRITE_FAILED,	/* checksum helper failed: dropped */
 
-	DP_STAT_GETSOCKOPT_FOUND,	/* SO_ORIGINAL_DST answered */
-	DP_STAT_GETSOCKOPT_MISS,	/* SO_ORIGINAL_DST for an unknown flow */
+	DP_STAT_GETSOCKOPT_FOUND,	/* SO_ORIGINAL_DST / IP6T_... answered */
+	DP_STAT_GETSOCKOPT_MISS,	/* ... for an unknown flow */
 
 	DP_STAT_GUARD_PASSED,		/* not subject to a limit: passed */
 	DP_STAT_GUARD_ADMITTED,		/* SYN or UDP within its source's limit */

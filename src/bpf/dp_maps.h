@@ -20,6 +20,15 @@ struct {
 	__type(value, struct dnat4_value);
 } dnat4 SEC(".maps");
 
+/* The IPv6 twin of dnat4. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DP_MAX_DNAT);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dnat6_key);
+	__type(value, struct dnat6_value);
+} dnat6 SEC(".maps");
+
 /* Published flows, recorded by dnat, reversed by snat (LRU). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -27,6 +36,14 @@ struct {
 	__type(key, struct flow4_key);
 	__type(value, struct flow4_value);
 } flows4 SEC(".maps");
+
+/* The IPv6 twin of flows4 (LRU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DP_MAX_FLOWS);
+	__type(key, struct flow6_key);
+	__type(value, struct flow6_value);
+} flows6 SEC(".maps");
 
 /* UDP flows the host opened to a container, recorded by tproxy_egress so
  * tproxy_ingress passes their replies (LRU). */
@@ -45,6 +62,14 @@ struct {
 	__type(key, struct sock_rev4_key);
 	__type(value, struct sock_rev4_value);
 } sock_rev4 SEC(".maps");
+
+/* The IPv6 twin of host_flows4 (LRU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DP_MAX_HOST_FLOWS);
+	__type(key, struct flow6_key);
+	__type(value, struct host_flow_value);
+} host_flows6 SEC(".maps");
 
 /* Packets, bytes and connections per published port (slot), per CPU. */
 struct {
@@ -78,6 +103,15 @@ struct {
 	__type(value, struct veth_info);
 } veths SEC(".maps");
 
+/* The IPv6 side of registered dual-stack veths: ifindex -> container and
+ * gateway addresses, MAC. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DP_MAX_VETHS);
+	__type(key, __u32);
+	__type(value, struct veth6_info);
+} veths6 SEC(".maps");
+
 /* Proxied flows: container source -> original destination (LRU). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -85,6 +119,14 @@ struct {
 	__type(key, struct ctr_endpoint);
 	__type(value, struct flow_orig);
 } proxy_flows SEC(".maps");
+
+/* The IPv6 twin of proxy_flows (LRU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DP_MAX_PROXY_FLOWS);
+	__type(key, struct ctr_endpoint6);
+	__type(value, struct flow_orig6);
+} proxy_flows6 SEC(".maps");
 
 /* Packets and bytes per verdict and reason (enum dp_stat), per CPU. */
 struct {
@@ -326,6 +368,11 @@ static __always_inline void dp_keep_maps(void)
 		dp_keep(trace_events);
 		dp_keep(trace_scratch);
 		dp_keep(trace_lost);
+		dp_keep(dnat6);
+		dp_keep(flows6);
+		dp_keep(host_flows6);
+		dp_keep(veths6);
+		dp_keep(proxy_flows6);
 	}
 }
 
@@ -350,6 +397,38 @@ static __always_inline struct flow4_key dp_flow4_key(__be32 ctr_addr,
 {
 	struct flow4_key k = {
 		.ctr_addr = ctr_addr, .peer_addr = peer_addr,
+		.ctr_port = ctr_port, .peer_port = peer_port,
+		.proto = proto,
+	};
+
+	return k;
+}
+
+/* A key of proxy_flows6, padding zeroed. */
+static __always_inline struct ctr_endpoint6 dp_endpoint6(const __be32 *ip,
+							 __be16 port,
+							 __u8 proto)
+{
+	struct ctr_endpoint6 k = {
+		.ip = { ip[0], ip[1], ip[2], ip[3] },
+		.port = port, .proto = proto, .pad = 0,
+	};
+
+	return k;
+}
+
+/* A key of flows6 or host_flows6, padding zeroed. */
+static __always_inline struct flow6_key dp_flow6_key(const __be32 *ctr_addr,
+						     const __be32 *peer_addr,
+						     __be16 ctr_port,
+						     __be16 peer_port,
+						     __u8 proto)
+{
+	struct flow6_key k = {
+		.ctr_addr = { ctr_addr[0], ctr_addr[1], ctr_addr[2],
+			      ctr_addr[3] },
+		.peer_addr = { peer_addr[0], peer_addr[1], peer_addr[2],
+			       peer_addr[3] },
 		.ctr_port = ctr_port, .peer_port = peer_port,
 		.proto = proto,
 	};

@@ -31,6 +31,23 @@ struct dnat4_value {
 	__u32 slot;		/* the mapping's index in port_stats */
 };
 
+/* dnat6 key: the IPv6 twin of dnat4_key. */
+struct dnat6_key {
+	__be32 ext_addr[4];
+	__be16 host_port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* dnat6 value. */
+struct dnat6_value {
+	__be32 ctr_addr[4];
+	__be16 ctr_port;
+	__u8 ctr_mac[6];
+	__u32 veth_ifindex;
+	__u32 slot;
+};
+
 /* flows4 key, and host_flows4 key: the container side of a flow. */
 struct flow4_key {
 	__be32 ctr_addr;
@@ -52,7 +69,29 @@ struct flow4_value {
 	__u32 slot;
 };
 
-/* host_flows4 value: a UDP flow the host opened to a container. */
+/* flows6 key, and host_flows6 key: the IPv6 twin of flow4_key. */
+struct flow6_key {
+	__be32 ctr_addr[4];
+	__be32 peer_addr[4];
+	__be16 ctr_port;
+	__be16 peer_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* flows6 value: the IPv6 twin of flow4_value. */
+struct flow6_value {
+	__be32 ext_addr[4];
+	__be16 host_port;
+	__u8 flags;		/* enum dp_flow_flag, set by snat; dnat writes 0 */
+	__u8 pad;
+	__u32 ext_ifindex;
+	__u32 veth_ifindex;
+	__u32 slot;
+};
+
+/* host_flows4 / host_flows6 value: a UDP flow the host opened to a
+ * container. */
 struct host_flow_value {
 	__u32 veth_ifindex;	/* the host veth it left by */
 	__u32 pad;
@@ -144,6 +183,14 @@ struct ctr_endpoint {
 	__u8 pad;
 };
 
+/* proxy_flows6 key: the IPv6 twin of ctr_endpoint. */
+struct ctr_endpoint6 {
+	__be32 ip[4];
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
 /* proxy_cfg value (single entry): where proxied traffic goes. */
 struct proxy_config {
 	__be16 dns_port;
@@ -162,10 +209,28 @@ struct veth_info {
 				 * veth is gone, and tells a reused ifindex */
 };
 
+/* veths6 value, keyed by the host veth's ifindex: the IPv6 side of a
+ * registered dual-stack container (its veths entry holds the IPv4 side).
+ * Everything an IPv6 packet needs is here, so it costs one lookup. */
+struct veth6_info {
+	__be32 ctr_ip[4];
+	__be32 host_ip[4];	/* the host veth's gateway address: the proxy's */
+	__u8 host_mac[6];
+	__u8 pad[2];
+};
+
 /* proxy_flows value: the destination a container asked for. */
 struct flow_orig {
 	__be32 orig_ip;
 	__be32 proxy_ip;
+	__be16 orig_port;
+	__be16 proxy_port;
+};
+
+/* proxy_flows6 value. */
+struct flow_orig6 {
+	__be32 orig_ip[4];
+	__be32 proxy_ip[4];
 	__be16 orig_port;
 	__be16 proxy_port;
 };
@@ -371,7 +436,14 @@ struct trace_config {
 
 _Static_assert(sizeof(struct dnat4_key) == 8, "dnat4_key layout");
 _Static_assert(sizeof(struct dnat4_value) == 20, "dnat4_value layout");
+_Static_assert(sizeof(struct dnat6_key) == 20, "dnat6_key layout");
+_Static_assert(sizeof(struct dnat6_value) == 32, "dnat6_value layout");
 _Static_assert(sizeof(struct flow4_key) == 16, "flow4_key layout");
+_Static_assert(sizeof(struct flow6_key) == 40, "flow6_key layout");
+_Static_assert(sizeof(struct flow6_value) == 32, "flow6_value layout");
+_Static_assert(sizeof(struct ctr_endpoint6) == 20, "ctr_endpoint6 layout");
+_Static_assert(sizeof(struct veth6_info) == 40, "veth6_info layout");
+_Static_assert(sizeof(struct flow_orig6) == 36, "flow_orig6 layout");
 _Static_assert(sizeof(struct flow4_value) == 20, "flow4_value layout");
 _Static_assert(sizeof(struct host_flow_value) == 8, "host_flow_value layout");
 _Static_assert(sizeof(struct port_counter) == 40, "port_counter layout");

@@ -10,10 +10,13 @@
  * source other than the container's is dropped here, first, so nothing
  * later in the chain ever sees a spoofed packet. For a while after an
  * upgrade from the release before published flows, the flow-less replies
- * of the connections that release forwarded are adopted (snat_adopt()). */
+ * of the connections that release forwarded are adopted (snat_adopt()).
+ * IPv6 takes the same steps on its twins (veths6, flows6); that release
+ * had no IPv6, so there is nothing to adopt. */
 #include "dp_verdict.h"
 #include "dp_guard.h"
 #include "dp_pkt.h"
+#include "dp_pkt6.h"
 #include "dp_host.h"
 
 /* Upgrades from the release before published flows. That release took
@@ -143,6 +146,51 @@ static __always_inline int snat_reply(struct __sk_buff *skb, struct dp_l4 *p,
 			  bpf_redirect_neigh(f->ext_ifindex, NULL, 0, 0), &acct);
 }
 
+/* snat for IPv6: anti-spoofing against veths6 (a veth registered without
+ * an IPv6 address forwards no IPv6), then the reply of a flows6 flow.
+ * Neighbour discovery never gets here: arp answers or passes it first. The
+ * guard has no IPv6 limits, so a reply only marks its flow answered. */
+static __always_inline int snat6(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex, len = skb->len;
+	struct dp_acct acct = { .dir = DP_DIR_OUT };
+	struct veth6_info *veth;
+	struct flow6_value *f;
+	struct flow6_key key;
+	struct dp_l4_6 p;
+	int parsed;
+
+	parsed = dp_parse_l4_6(skb, &p);
+	if (!p.ip6)
+		return dp_verdict(len, DP_STAT_SNAT_HANDED_ON, TC_ACT_UNSPEC,
+				  NULL);
+	veth = bpf_map_lookup_elem(&veths6, &ifindex);
+	if (!veth)
+		return dp_verdict(len, DP_STAT_SNAT_UNREGISTERED, TC_ACT_SHOT,
+				  NULL);
+	if (!dp_ip6_eq(p.ip6->saddr.in6_u.u6_addr32, veth->ctr_ip))
+		return dp_verdict(len, DP_STAT_SNAT_SPOOFED, TC_ACT_SHOT, NULL);
+	if (parsed != DP_PARSE_OK)
+		return dp_verdict(len, DP_STAT_SNAT_HANDED_ON, TC_ACT_UNSPEC,
+				  NULL);
+
+	key = dp_flow6_key(p.ip6->saddr.in6_u.u6_addr32,
+			   p.ip6->daddr.in6_u.u6_addr32, p.sport, p.dport,
+			   p.proto);
+	f = bpf_map_lookup_elem(&flows6, &key);
+	if (!f || f->veth_ifindex != ifindex)
+		return dp_verdict(len, DP_STAT_SNAT_HANDED_ON, TC_ACT_UNSPEC,
+				  NULL);
+	acct.slot = f->slot;
+	if (!(f->flags & DP_FLOW_F_ANSWERED))
+		f->flags |= DP_FLOW_F_ANSWERED;
+	if (dp_rewrite6(skb, &p, false, f->ext_addr, f->host_port))
+		return dp_verdict(len, DP_STAT_SNAT_REWRITE_FAILED, TC_ACT_SHOT,
+				  NULL);
+	return dp_verdict(len, DP_STAT_SNAT_REDIRECT,
+			  bpf_redirect_neigh(f->ext_ifindex, NULL, 0, 0), &acct);
+}
+
 SEC("tc")
 int snat(struct __sk_buff *skb)
 {
@@ -156,8 +204,11 @@ int snat(struct __sk_buff *skb)
 
 	dp_trace_tc(skb);
 	parsed = dp_parse_l4(skb, &p);
+	if (parsed == DP_PARSE_NOT_IPV4 && !skb->vlan_present &&
+	    p.eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return snat6(skb);
 	if (!p.ip)
-		/* Not IPv4, or IPv4 cut short: tproxy drops what it must. */
+		/* Not IP, or IPv4 cut short: tproxy drops what it must. */
 		return dp_verdict(len, DP_STAT_SNAT_HANDED_ON, TC_ACT_UNSPEC,
 				  NULL);
 
