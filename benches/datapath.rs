@@ -173,7 +173,7 @@ fn prog_env() -> ProgEnv {
     let a = DnatAdd {
         ext: Ext::Default,
         host_port: 25565,
-        ctr_ip: ip("10.0.0.2"),
+        ctr_ip: ip("10.0.0.2").into(),
         veth: "dpv0".into(),
         ctr_mac: CTR0,
         proto: Proto::Tcp,
@@ -880,7 +880,7 @@ fn guard_per_packet(opts: &Opts) -> String {
     let ctr = ip("10.0.0.2");
     // UDP 25566 and TCP 25567 published for the limited paths.
     for (port, proto) in [(25566, Proto::Udp), (25567, Proto::Tcp)] {
-        let a = DnatAdd { ext: Ext::Default, host_port: port, ctr_ip: ctr, veth: "dpv0".into(), ctr_mac: CTR0, proto, to_port: port };
+        let a = DnatAdd { ext: Ext::Default, host_port: port, ctr_ip: ctr.into(), veth: "dpv0".into(), ctr_mac: CTR0, proto, to_port: port };
         ops::dnat_add(&env.root.pins, n, &a).unwrap();
     }
     let guard = prog_fd(&env.root, "guard");

@@ -29,7 +29,7 @@ pub mod hostaccess {
 
 pub use dnat::types;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::btf::{types::Enum, Btf};
@@ -111,6 +111,20 @@ unsafe impl plain::Plain for types::dp_tuple {}
 unsafe impl plain::Plain for types::trace_event {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::trace_config {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::dnat6_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::dnat6_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::flow6_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::flow6_value {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::ctr_endpoint6 {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::flow_orig6 {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::veth6_info {}
 
 // The C side asserts the same sizes (dp_types.h).
 const _: () = assert!(std::mem::size_of::<types::dp_tuple>() == 40);
@@ -151,6 +165,13 @@ const _: () = assert!(std::mem::size_of::<types::container_key>() == 128);
 const _: () = assert!(std::mem::size_of::<types::container_port>() == 24);
 const _: () = assert!(std::mem::size_of::<types::container_value>() == 1872);
 const _: () = assert!(std::mem::size_of::<types::container_config>() == 32);
+const _: () = assert!(std::mem::size_of::<types::dnat6_key>() == 20);
+const _: () = assert!(std::mem::size_of::<types::dnat6_value>() == 32);
+const _: () = assert!(std::mem::size_of::<types::flow6_key>() == 40);
+const _: () = assert!(std::mem::size_of::<types::flow6_value>() == 32);
+const _: () = assert!(std::mem::size_of::<types::ctr_endpoint6>() == 20);
+const _: () = assert!(std::mem::size_of::<types::flow_orig6>() == 36);
+const _: () = assert!(std::mem::size_of::<types::veth6_info>() == 40);
 
 /// IP protocol of a published port or flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -511,6 +532,112 @@ impl types::container_config {
     }
     pub fn gateway4(&self) -> Option<Ipv4Addr> {
         (self.gateway4 != 0).then(|| ip_of(self.gateway4))
+    }
+}
+
+/// An IPv6 address as the maps hold it: four words in network order.
+pub fn be128(ip: Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+
+/// The IPv6 address of four words in network order.
+pub fn ip6_of(a: &[u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, w) in a.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+/// Any address in the four-word layout of the maps that hold both
+/// families, with its family number.
+pub fn addr_x4(ip: IpAddr) -> (u8, [u32; 4]) {
+    match ip {
+        IpAddr::V4(a) => (AF_INET, addr4x4(a)),
+        IpAddr::V6(a) => (AF_INET6, be128(a)),
+    }
+}
+
+/// The address of a four-word address of family `family`.
+pub fn addr_of(family: u8, a: &[u32; 4]) -> Option<IpAddr> {
+    match family {
+        AF_INET => addr4_of(a).map(IpAddr::V4),
+        AF_INET6 => Some(IpAddr::V6(ip6_of(a))),
+        _ => None,
+    }
+}
+
+impl types::dnat6_key {
+    pub fn new(ext_addr: Ipv6Addr, host_port: u16, proto: Proto) -> Self {
+        Self { ext_addr: be128(ext_addr), host_port: host_port.to_be(), proto: proto.number(), pad: 0 }
+    }
+}
+
+impl types::dnat6_value {
+    pub fn new(ctr_addr: Ipv6Addr, ctr_port: u16, ctr_mac: [u8; 6], veth_ifindex: u32, slot: u32) -> Self {
+        Self { ctr_addr: be128(ctr_addr), ctr_port: ctr_port.to_be(), ctr_mac, veth_ifindex, slot }
+    }
+    pub fn ctr_addr(&self) -> Ipv6Addr {
+        ip6_of(&self.ctr_addr)
+    }
+}
+
+impl types::flow6_key {
+    pub fn new(ctr_addr: Ipv6Addr, ctr_port: u16, peer_addr: Ipv6Addr, peer_port: u16, proto: Proto) -> Self {
+        Self {
+            ctr_addr: be128(ctr_addr),
+            peer_addr: be128(peer_addr),
+            ctr_port: ctr_port.to_be(),
+            peer_port: peer_port.to_be(),
+            proto: proto.number(),
+            pad: [0; 3],
+        }
+    }
+    pub fn ctr_addr(&self) -> Ipv6Addr {
+        ip6_of(&self.ctr_addr)
+    }
+    pub fn peer_addr(&self) -> Ipv6Addr {
+        ip6_of(&self.peer_addr)
+    }
+}
+
+impl types::flow6_value {
+    pub fn new(ext_addr: Ipv6Addr, host_port: u16, ext_ifindex: u32, veth_ifindex: u32, slot: u32) -> Self {
+        Self { ext_addr: be128(ext_addr), host_port: host_port.to_be(), flags: 0, pad: 0, ext_ifindex, veth_ifindex, slot }
+    }
+    pub fn ext_addr(&self) -> Ipv6Addr {
+        ip6_of(&self.ext_addr)
+    }
+}
+
+impl types::ctr_endpoint6 {
+    pub fn new(ip: Ipv6Addr, port: u16, proto: Proto) -> Self {
+        Self { ip: be128(ip), port: port.to_be(), proto: proto.number(), pad: 0 }
+    }
+}
+
+impl types::flow_orig6 {
+    pub fn new(orig_ip: Ipv6Addr, orig_port: u16, proxy_ip: Ipv6Addr, proxy_port: u16) -> Self {
+        Self { orig_ip: be128(orig_ip), proxy_ip: be128(proxy_ip), orig_port: orig_port.to_be(), proxy_port: proxy_port.to_be() }
+    }
+    pub fn orig_ip(&self) -> Ipv6Addr {
+        ip6_of(&self.orig_ip)
+    }
+    pub fn proxy_ip(&self) -> Ipv6Addr {
+        ip6_of(&self.proxy_ip)
+    }
+}
+
+impl types::veth6_info {
+    pub fn new(ctr_ip: Ipv6Addr, host_ip: Ipv6Addr, host_mac: [u8; 6]) -> Self {
+        Self { ctr_ip: be128(ctr_ip), host_ip: be128(host_ip), host_mac, pad: [0; 2] }
+    }
+    pub fn ctr_ip(&self) -> Ipv6Addr {
+        ip6_of(&self.ctr_ip)
+    }
+    pub fn host_ip(&self) -> Ipv6Addr {
+        ip6_of(&self.host_ip)
     }
 }
 

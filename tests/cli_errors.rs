@@ -831,7 +831,7 @@ fn racing_adds_keep_mappings_and_dnat_in_step() {
         ext_addr: Ext::Default,
         host_port: 30001,
         proto: Proto::Tcp,
-        ctr_ip: Ipv4Addr::new(10, 0, 0, 2),
+        ctr_ip: Ipv4Addr::new(10, 0, 0, 2).into(),
         ctr_port: 25565,
         ctr_mac: [0x02, 0xc0, 0, 0, 0, 2],
         veth_ifindex: ifindex,

@@ -185,7 +185,7 @@ fn add_check_del_and_del_again() {
     let mappings = maps::open(&e.root.pins, maps::name::MAPPINGS).unwrap();
     for (port, proto) in [(30001, datapath::abi::Proto::Tcp), (30002, datapath::abi::Proto::Udp)] {
         let m = published::get(&mappings, Ext::Default, port, proto).unwrap().expect("published").mapping;
-        assert_eq!((m.ctr_ip, m.veth_ifindex), (rec.ip4, rec.host_ifindex));
+        assert_eq!((m.ctr_ip, m.veth_ifindex), (rec.ip4.into(), rec.host_ifindex));
     }
 
     // CHECK with the ADD's result as prevResult passes; one that does not

@@ -121,7 +121,7 @@ fn assert_wired(e: &Env, s: &Spec) {
     let mappings = maps::open(pins, maps::name::MAPPINGS).unwrap();
     for p in &s.ports {
         let m = published::get(&mappings, p.ext(), p.host_port, p.proto).unwrap().unwrap_or_else(|| panic!("{p} is not published")).mapping;
-        assert_eq!((m.ctr_ip, m.ctr_port, m.veth_ifindex, Some(m.ctr_mac)), (s.ip4, p.ctr_port, rec.host_ifindex, rec.ctr_mac));
+        assert_eq!((m.ctr_ip, m.ctr_port, m.veth_ifindex, Some(m.ctr_mac)), (s.ip4.into(), p.ctr_port, rec.host_ifindex, rec.ctr_mac));
     }
     for dir in ["ingress", "egress"] {
         let out = std::process::Command::new("tc")

@@ -54,7 +54,7 @@ fn env() -> Env {
         let a = DnatAdd {
             ext: datapath::maps::Ext::Default,
             host_port: port,
-            ctr_ip: ip("10.0.0.2"),
+            ctr_ip: ip("10.0.0.2").into(),
             veth: "dpv0".into(),
             ctr_mac: [0x02, 0xc0, 0, 0, 0, 2],
             proto,

@@ -115,7 +115,7 @@ fn env() -> Env {
         let a = DnatAdd {
             ext: Ext::Default,
             host_port: p.host_port,
-            ctr_ip: v4(p.ctr),
+            ctr_ip: v4(p.ctr).into(),
             veth: format!("dpv{}", p.veth),
             ctr_mac: p.mac,
             proto: proto_of(p.proto),
@@ -2073,7 +2073,7 @@ fn full_maps_are_a_clear_error() {
         ext_addr: Ext::Default,
         host_port: (i % 65535) as u16 + 1,
         proto: if i < 65535 { Proto::Tcp } else { Proto::Udp },
-        ctr_ip: Ipv4Addr::from(0x0a80_0000 + i as u32),
+        ctr_ip: Ipv4Addr::from(0x0a80_0000 + i as u32).into(),
         ctr_port: 25565,
         ctr_mac: CTR0,
         veth_ifindex: ifindex,

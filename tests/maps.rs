@@ -15,7 +15,7 @@ use libbpf_rs::{MapCore, MapFlags};
 const MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
 
 fn mapping(ext: Ext, port: u16, ctr: Ipv4Addr, to: u16, proto: Proto, ifindex: u32) -> Mapping {
-    Mapping { ext_addr: ext, host_port: port, proto, ctr_ip: ctr, ctr_port: to, ctr_mac: MAC, veth_ifindex: ifindex }
+    Mapping { ext_addr: ext, host_port: port, proto, ctr_ip: ctr.into(), ctr_port: to, ctr_mac: MAC, veth_ifindex: ifindex }
 }
 
 fn def(port: u16, ctr: &str, to: u16, proto: Proto) -> Mapping {
@@ -23,7 +23,7 @@ fn def(port: u16, ctr: &str, to: u16, proto: Proto) -> Mapping {
 }
 
 fn on(ext: &str, port: u16, ctr: &str, to: u16, proto: Proto) -> Mapping {
-    mapping(Ext::Addr(ip(ext)), port, ip(ctr), to, proto, 7)
+    mapping(Ext::Addr(ip(ext).into()), port, ip(ctr), to, proto, 7)
 }
 
 /// A loaded root and a namespace with an external interface dpext.
@@ -217,7 +217,7 @@ fn dedicated_and_default_mappings_conflict_whichever_comes_second() {
     refused("making an address default", ops::external_add(pins, Some(&ns.name), ip("198.51.100.2"), "dpext", true), "cannot be a default address");
     assert_eq!((ops::dnat_list(pins).unwrap(), dnat4(&root), ops::external_list(pins).unwrap()), before);
     // Without the conflicting mapping it becomes default.
-    ops::dnat_del(pins, Ext::Addr(ip("198.51.100.2")), 25565, Proto::Tcp).unwrap();
+    ops::dnat_del(pins, Ext::Addr(ip("198.51.100.2").into()), 25565, Proto::Tcp).unwrap();
     assert_eq!(add_ext(&root, &ns, "198.51.100.2", true), Change::Updated);
     assert!(dnat4(&root).contains(&((ip("198.51.100.2"), 25565, 6), (ip("10.0.0.2"), 25565, 1))));
 
@@ -315,7 +315,7 @@ fn an_unfinished_transaction_is_rolled_back() {
     let a = |port: u16, ctr: &str| DnatAdd {
         ext: Ext::Default,
         host_port: port,
-        ctr_ip: ip(ctr),
+        ctr_ip: ip(ctr).into(),
         veth: "dpext".into(),
         ctr_mac: MAC,
         proto: Proto::Tcp,
@@ -406,7 +406,7 @@ fn veth_snat_and_proxy_config() {
     assert!(ops::snat_get(&root.pins).is_err(), "no external address before `map snat set`");
     assert_eq!(ops::snat_set(&root.pins, n, ip("198.51.100.1"), "dpv0").unwrap(), Change::Added);
     let e = ops::snat_get(&root.pins).unwrap();
-    assert_eq!((e.addr, e.ifindex, e.default), (ip("198.51.100.1"), idx, true));
+    assert_eq!((e.addr, e.ifindex, e.default), (ip("198.51.100.1").into(), idx, true));
     assert_eq!(ops::external_list(&root.pins).unwrap(), vec![e]);
     assert_eq!(ops::snat_del(&root.pins).unwrap(), Change::Deleted);
     assert_eq!(ops::snat_del(&root.pins).unwrap(), Change::Absent);
@@ -456,7 +456,7 @@ fn load_again_keeps_every_entry() {
         let a = DnatAdd {
             ext: Ext::Default,
             host_port: port,
-            ctr_ip: ip("10.0.0.2"),
+            ctr_ip: ip("10.0.0.2").into(),
             veth: "dpv0".into(),
             ctr_mac: [2, 0, 0, 0, 0, 2],
             proto: Proto::Tcp,

@@ -74,7 +74,7 @@ struct Env {
 
 #[allow(clippy::too_many_arguments)]
 fn publish(e: &TestRoot, ns: &TestNs, ext: Ext, port: u16, ctr: &str, veth: &str, mac: [u8; 6], proto: Proto, to: u16) {
-    let a = DnatAdd { ext, host_port: port, ctr_ip: ip(ctr), veth: veth.into(), ctr_mac: mac, proto, to_port: to };
+    let a = DnatAdd { ext, host_port: port, ctr_ip: ip(ctr).into(), veth: veth.into(), ctr_mac: mac, proto, to_port: to };
     ops::dnat_add(&e.pins, Some(&ns.name), &a).expect("map dnat add");
 }
 
@@ -98,15 +98,15 @@ fn env() -> Env {
     publish(&root, &ns, Ext::Default, 30001, "10.0.0.2", "dpv0", CTR0, Proto::Tcp, 25565);
     publish(&root, &ns, Ext::Default, 30002, "10.0.0.2", "dpv0", CTR0, Proto::Udp, 19132);
     publish(&root, &ns, Ext::Default, 30003, "10.0.1.2", "dpv1", CTR1, Proto::Tcp, 25565);
-    publish(&root, &ns, Ext::Addr(ip("10.0.0.3")), 25565, "10.0.0.3", "dpv0", CTR0, Proto::Tcp, 25565);
-    publish(&root, &ns, Ext::Addr(ext2()), 30001, "10.0.1.2", "dpv1", CTR1, Proto::Tcp, 25565);
+    publish(&root, &ns, Ext::Addr(ip("10.0.0.3").into()), 25565, "10.0.0.3", "dpv0", CTR0, Proto::Tcp, 25565);
+    publish(&root, &ns, Ext::Addr(ext2().into()), 30001, "10.0.1.2", "dpv1", CTR1, Proto::Tcp, 25565);
     let (v0, v1, v2, ext) = (ns.iface("dpv0"), ns.iface("dpv1"), ns.iface("dpv2"), ns.iface("dpext"));
     let env = Env { root, ns, v0, v1, v2, ext };
     for (port, ext, slot) in [
         (30001, Ext::Default, SLOT_30001),
         (30003, Ext::Default, SLOT_30003),
-        (25565, Ext::Addr(ip("10.0.0.3")), SLOT_FIXED),
-        (30001, Ext::Addr(ext2()), SLOT_EXT2),
+        (25565, Ext::Addr(ip("10.0.0.3").into()), SLOT_FIXED),
+        (30001, Ext::Addr(ext2().into()), SLOT_EXT2),
     ] {
         assert_eq!(ops::dnat_get(&env.root.pins, ext, port, Proto::Tcp).unwrap().slot, slot);
     }
@@ -340,7 +340,7 @@ fn dnat_fixtures() {
         fx("tcp to a udp-only port misses", "dnat", e, miss(Pkt::tcp((player(), 40000), (ext_ip(), 30002))), TC_ACT_UNSPEC, None, "dnat/miss"),
         fx("udp to a tcp-only port misses", "dnat", e, miss(Pkt::udp((player(), 40000), (ext_ip(), 30001))), TC_ACT_UNSPEC, None, "dnat/miss"),
         fx("unpublished port", "dnat", e, miss(Pkt::tcp((player(), 40000), (ext_ip(), 22))), TC_ACT_UNSPEC, None, "dnat/miss"),
-        fx("ipv6", "dnat", e, ipv6_udp(), TC_ACT_UNSPEC, None, "dnat/not_ipv4"),
+        fx("ipv6 to an address nothing is published on", "dnat", e, ipv6_udp(), TC_ACT_UNSPEC, None, "dnat/miss"),
         fx("arp", "dnat", e, arp(1, PEER, player(), [0; 6], ext_ip(), BCAST), TC_ACT_UNSPEC, None, "dnat/not_ipv4"),
         fx("vlan-tagged", "dnat", e, vlan.build(), TC_ACT_UNSPEC, None, "dnat/not_ipv4"),
         fx("gre", "dnat", e, { let mut p = hit_tcp.clone(); p.proto = 47; p.build() }, TC_ACT_UNSPEC, None, "dnat/not_l4"),
@@ -650,7 +650,7 @@ fn snat_fixtures() {
         fx("another container's address on this veth", "snat", v1, reply.build(), TC_ACT_SHOT, None, "snat/spoofed"),
         fx("unregistered veth", "snat", v2, reply.build(), TC_ACT_SHOT, None, "snat/unregistered"),
         fx("arp is handed on", "snat", v0, arp(1, CTR0, ip("10.0.0.2"), [0; 6], ip("10.0.0.1"), BCAST), TC_ACT_UNSPEC, None, "snat/handed_on"),
-        fx("ipv6 is handed on", "snat", v0, ipv6_udp(), TC_ACT_UNSPEC, None, "snat/handed_on"),
+        fx("ipv6 on a veth registered without an ipv6 address", "snat", v0, ipv6_udp(), TC_ACT_SHOT, None, "snat/unregistered"),
     ];
     run_table(&env, table);
 
@@ -886,7 +886,7 @@ fn tproxy_fixtures() {
         d("syn-ack of no flow and no host socket", synack_no_flow.build(), TC_ACT_SHOT, None, "tproxy_ingress/no_flow_dropped"),
         d("udp to another port", from0(Pkt::udp((ip("10.0.0.2"), 4000), (ip("192.0.2.9"), 123))).build(), TC_ACT_SHOT, None, "tproxy_ingress/udp_dropped"),
         d("icmp", from0(Pkt::icmp(ip("10.0.0.2"), ip("192.0.2.9"))).build(), TC_ACT_SHOT, None, "tproxy_ingress/l4_dropped"),
-        d("ipv6", ipv6_udp(), TC_ACT_SHOT, None, "tproxy_ingress/non_ip_dropped"),
+        d("ipv6 on a veth registered without an ipv6 address", ipv6_udp(), TC_ACT_SHOT, None, "tproxy_ingress/unregistered"),
         d("fragment", frag.build(), TC_ACT_SHOT, None, "tproxy_ingress/fragment_dropped"),
         d("spoofed source", from0(Pkt::tcp((ip("10.9.9.9"), 1), (ip("192.0.2.1"), 443))).build(), TC_ACT_SHOT, None, "tproxy_ingress/spoofed"),
         fx("unregistered veth", "tproxy_ingress", v2, tls.build(), TC_ACT_SHOT, None, "tproxy_ingress/unregistered"),

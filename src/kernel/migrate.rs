@@ -357,7 +357,7 @@ fn previous_mapping(k: &[u8], v: &[u8]) -> Result<Mapping> {
         ext_addr: Ext::Default,
         host_port: u16::from_be_bytes([k[0], k[1]]),
         proto: Proto::from_number(k[2])?,
-        ctr_ip: Ipv4Addr::new(v[0], v[1], v[2], v[3]),
+        ctr_ip: Ipv4Addr::new(v[0], v[1], v[2], v[3]).into(),
         ctr_port: u16::from_be_bytes([v[4], v[5]]),
         ctr_mac: mac,
         veth_ifindex: u32::from_ne_bytes(v[12..16].try_into().unwrap()),
@@ -411,7 +411,7 @@ fn fill_from_previous(staging: &PinRoot, old: &BTreeMap<String, MapHandle>) -> R
             .map(|r| r.target.clone())
             .or_else(|| crate::net::netif::name_of(ifindex).ok())
             .unwrap_or_default();
-        published::external_add(&mut txn, addr, ifindex, &ifname, true)
+        published::external_add(&mut txn, addr.into(), ifindex, &ifname, true)
             .with_context(|| format!("the external address {addr} of the release before"))?;
     }
     for m in &mappings {
@@ -454,7 +454,7 @@ mod tests {
                 ext_addr: Ext::Default,
                 host_port: 30001,
                 proto: Proto::Udp,
-                ctr_ip: Ipv4Addr::new(10, 1, 2, 3),
+                ctr_ip: Ipv4Addr::new(10, 1, 2, 3).into(),
                 ctr_port: 19132,
                 ctr_mac: [2, 0, 0, 0, 0, 7],
                 veth_ifindex: 9,

@@ -214,7 +214,7 @@ use super::{Ext, Txn};
 impl Port {
     /// Where the port is published, as the mapping layer names it.
     pub fn ext(&self) -> Ext {
-        self.ext_addr.map_or(Ext::Default, Ext::Addr)
+        self.ext_addr.map_or(Ext::Default, |a| Ext::Addr(a.into()))
     }
 }
 

@@ -9,7 +9,7 @@ pub mod containers;
 pub mod published;
 pub mod txn;
 
-pub use published::{check_addr, check_mac, Ext, External, Mapping, Published};
+pub use published::{addr_port, check_addr, check_addr6, check_ip, check_mac, Ext, External, Mapping, Published};
 pub use txn::Txn;
 
 /// Names of the pinned maps (src/bpf/dp_maps.h).
@@ -45,8 +45,13 @@ pub mod name {
     pub const TRACE_EVENTS: &str = "trace_events";
     pub const TRACE_SCRATCH: &str = "trace_scratch";
     pub const TRACE_LOST: &str = "trace_lost";
+    pub const DNAT6: &str = "dnat6";
+    pub const FLOWS6: &str = "flows6";
+    pub const HOST_FLOWS6: &str = "host_flows6";
+    pub const VETHS6: &str = "veths6";
+    pub const PROXY_FLOWS6: &str = "proxy_flows6";
     /// Every map of a pin root.
-    pub const ALL: [&str; 31] = [
+    pub const ALL: [&str; 36] = [
         DNAT4,
         FLOWS4,
         HOST_FLOWS4,
@@ -78,10 +83,15 @@ pub mod name {
         TRACE_EVENTS,
         TRACE_SCRATCH,
         TRACE_LOST,
+        DNAT6,
+        FLOWS6,
+        HOST_FLOWS6,
+        VETHS6,
+        PROXY_FLOWS6,
     ];
 }
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
@@ -202,41 +212,68 @@ pub struct Veth {
     pub host_ip: Ipv4Addr,
     #[serde(serialize_with = "ser_mac")]
     pub host_mac: [u8; 6],
+    /// A dual-stack container's IPv6 address (`veths6`), and the host
+    /// veth's gateway address the proxy is reached on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctr_ip6: Option<Ipv6Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_ip6: Option<Ipv6Addr>,
 }
 
+/// `veths` and its IPv6 twin `veths6`: a veth registered with an IPv6
+/// address has an entry in both.
 pub struct VethMap {
     map: MapHandle,
+    map6: MapHandle,
     pins: PinRoot,
 }
 
 impl VethMap {
     pub fn open(pins: &PinRoot) -> Result<Self> {
-        Ok(Self { map: open(pins, "veths")?, pins: pins.clone() })
+        Ok(Self { map: open(pins, name::VETHS)?, map6: open(pins, name::VETHS6)?, pins: pins.clone() })
     }
 
-    pub fn get(&self, ifindex: u32) -> Result<Option<Veth>> {
-        Ok(lookup::<_, types::veth_info>(&self.map, &ifindex)?.map(|v| Veth {
+    fn veth(&self, ifindex: u32, v: &types::veth_info) -> Result<Veth> {
+        let v6 = lookup::<_, types::veth6_info>(&self.map6, &ifindex)?;
+        Ok(Veth {
             ifindex,
             name: v.name(),
             ctr_ip: v.ctr_ip(),
             host_ip: v.host_ip(),
             host_mac: v.host_mac,
-        }))
+            ctr_ip6: v6.map(|v| v.ctr_ip()),
+            host_ip6: v6.map(|v| v.host_ip()),
+        })
+    }
+
+    pub fn get(&self, ifindex: u32) -> Result<Option<Veth>> {
+        match lookup::<_, types::veth_info>(&self.map, &ifindex)? {
+            Some(v) => Ok(Some(self.veth(ifindex, &v)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn list(&self) -> Result<Vec<Veth>> {
         let mut out: Vec<Veth> = entries::<u32, types::veth_info>(&self.map)?
-            .into_iter()
-            .map(|(ifindex, v)| Veth {
-                ifindex,
-                name: v.name(),
-                ctr_ip: v.ctr_ip(),
-                host_ip: v.host_ip(),
-                host_mac: v.host_mac,
-            })
-            .collect();
+            .iter()
+            .map(|(ifindex, v)| self.veth(*ifindex, v))
+            .collect::<Result<_>>()?;
         out.sort_by_key(|v| v.ifindex);
         Ok(out)
+    }
+
+    /// Writes the IPv6 side of a registration (or removes it): after the
+    /// IPv4 side, which the programs need first.
+    fn put6(&self, v: &Veth) -> Result<()> {
+        match (v.ctr_ip6, v.host_ip6) {
+            (Some(c), Some(h)) => {
+                let val = types::veth6_info::new(c, h, v.host_mac);
+                self.map6
+                    .update(bytes_of(&v.ifindex), bytes_of(&val), MapFlags::ANY)
+                    .map_err(|e| full_or(e, name::VETHS6, crate::abi::capacity::VETHS))
+            }
+            _ => delete(&self.map6, &v.ifindex).map(|_| ()),
+        }
     }
 
     /// Registers a veth; the same registration again is a no-op, a
@@ -253,6 +290,7 @@ impl VethMap {
             if stale(&cur) {
                 log::info!("replacing the registration of deleted veth '{}' (ifindex {})", cur.name, cur.ifindex);
                 self.map.update(bytes_of(&v.ifindex), bytes_of(&val), MapFlags::EXIST).context("updating map veths")?;
+                self.put6(v)?;
                 return Ok(Change::Added);
             }
             bail!(
@@ -265,7 +303,14 @@ impl VethMap {
             );
         }
         match self.map.update(bytes_of(&v.ifindex), bytes_of(&val), MapFlags::NO_EXIST) {
-            Ok(()) => Ok(Change::Added),
+            Ok(()) => {
+                if let Err(e) = self.put6(v) {
+                    // All or nothing: the IPv4 side goes again.
+                    let _ = delete(&self.map, &v.ifindex);
+                    return Err(e);
+                }
+                Ok(Change::Added)
+            }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 bail!("veth ifindex {} was registered by another command meanwhile", v.ifindex)
             }
@@ -279,14 +324,19 @@ impl VethMap {
         let _lock = self.pins.lock_maps()?;
         let mut change = Change::Absent;
         for v in self.list()? {
-            if v.name == name && gone(&v) && delete(&self.map, &v.ifindex)? {
-                change = Change::Deleted;
+            if v.name == name && gone(&v) {
+                delete(&self.map6, &v.ifindex)?;
+                if delete(&self.map, &v.ifindex)? {
+                    change = Change::Deleted;
+                }
             }
         }
         Ok(change)
     }
 
     pub fn del(&self, ifindex: u32) -> Result<Change> {
+        // The IPv6 side first: a veths6 entry never outlives its veths one.
+        delete(&self.map6, &ifindex)?;
         Ok(if delete(&self.map, &ifindex)? { Change::Deleted } else { Change::Absent })
     }
 

@@ -1,18 +1,18 @@
 //! Published ports: the mappings as the user gave them (`mappings`, with
 //! `mapping_rev` for the one-container-port-per-address rule), their
-//! expansion into the `dnat4` entries dnat looks up, the external addresses
+//! expansion into the `dnat4` / `dnat6` entries dnat looks up, the external addresses
 //! (`externals`), and the slots of the per-port counters (`meta`,
 //! `slot_next`, `port_stats`). Every change here writes several entries, so
 //! each takes a [`Txn`].
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::MapHandle;
 use serde::Serialize;
 
 use super::{name, Change, Txn};
-use crate::abi::{addr4_of, bytes_of, capacity, types, Proto, AF_INET};
+use crate::abi::{addr_of, addr_x4, bytes_of, capacity, types, Proto, AF_INET, AF_INET6};
 use crate::kernel::pins::PinRoot;
 use crate::net::netif::format_mac;
 
@@ -21,11 +21,11 @@ use crate::net::netif::format_mac;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Ext {
     Default,
-    Addr(Ipv4Addr),
+    Addr(IpAddr),
 }
 
 impl Ext {
-    pub fn addr(self) -> Option<Ipv4Addr> {
+    pub fn addr(self) -> Option<IpAddr> {
         match self {
             Ext::Default => None,
             Ext::Addr(a) => Some(a),
@@ -39,6 +39,23 @@ impl std::fmt::Display for Ext {
             Ext::Default => f.write_str("default"),
             Ext::Addr(a) => write!(f, "{a}"),
         }
+    }
+}
+
+/// Formats `addr:port`, IPv6 in brackets.
+pub fn addr_port(a: IpAddr, port: u16) -> String {
+    match a {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// The family number of an address (AF_INET, AF_INET6).
+pub fn family_of(a: IpAddr) -> u8 {
+    if a.is_ipv4() {
+        AF_INET
+    } else {
+        AF_INET6
     }
 }
 
@@ -59,7 +76,7 @@ pub struct Mapping {
     pub ext_addr: Ext,
     pub host_port: u16,
     pub proto: Proto,
-    pub ctr_ip: Ipv4Addr,
+    pub ctr_ip: IpAddr,
     pub ctr_port: u16,
     #[serde(serialize_with = "ser_mac")]
     pub ctr_mac: [u8; 6],
@@ -75,20 +92,33 @@ pub struct Published {
 }
 
 impl Mapping {
-    fn key(&self) -> types::mapping_key {
-        types::mapping_key::new(self.ext_addr.addr(), self.host_port, self.proto)
+    /// The mapping's address family: its container address's.
+    pub fn family(&self) -> u8 {
+        family_of(self.ctr_ip)
     }
 
-    fn rev_key(&self, ext: Option<Ipv4Addr>) -> types::mapping_rev_key {
-        types::mapping_rev_key::new(self.ctr_ip, self.ctr_port, self.proto, ext)
+    fn key(&self) -> types::mapping_key {
+        mapping_key(self.family(), self.ext_addr, self.host_port, self.proto)
+    }
+
+    fn rev_key(&self, ext: Ext) -> types::mapping_rev_key {
+        types::mapping_rev_key {
+            family: self.family(),
+            proto: self.proto.number(),
+            ctr_port: self.ctr_port.to_be(),
+            ctr_addr: addr_x4(self.ctr_ip).1,
+            ext_addr: ext.addr().map(|a| addr_x4(a).1).unwrap_or([0; 4]),
+        }
     }
 
     fn value(&self, slot: u32) -> types::mapping_value {
-        types::mapping_value::new(self.ctr_ip, self.ctr_port, self.ctr_mac, self.veth_ifindex, slot)
-    }
-
-    fn dnat_value(&self, slot: u32) -> types::dnat4_value {
-        types::dnat4_value::new(self.ctr_ip, self.ctr_port, self.ctr_mac, self.veth_ifindex, slot)
+        types::mapping_value {
+            ctr_addr: addr_x4(self.ctr_ip).1,
+            ctr_port: self.ctr_port.to_be(),
+            ctr_mac: self.ctr_mac,
+            veth_ifindex: self.veth_ifindex,
+            slot,
+        }
     }
 
     /// `host-port/proto on ext`, as errors name a mapping.
@@ -98,10 +128,9 @@ impl Mapping {
 
     pub fn describe(&self) -> String {
         format!(
-            "{} -> {}:{} mac {} veth ifindex {}",
+            "{} -> {} mac {} veth ifindex {}",
             self.port_name(),
-            self.ctr_ip,
-            self.ctr_port,
+            addr_port(self.ctr_ip, self.ctr_port),
             format_mac(&self.ctr_mac),
             self.veth_ifindex
         )
@@ -110,9 +139,15 @@ impl Mapping {
     /// Refuses what can never be a container's address or MAC.
     pub fn check(&self) -> Result<()> {
         if let Ext::Addr(a) = self.ext_addr {
-            check_addr(a, "external address")?;
+            check_ip(a, "external address")?;
+            if a.is_ipv4() != self.ctr_ip.is_ipv4() {
+                bail!(
+                    "external address {a} and container address {} are of different families",
+                    self.ctr_ip
+                );
+            }
         }
-        check_addr(self.ctr_ip, "container address")?;
+        check_ip(self.ctr_ip, "container address")?;
         check_mac(&self.ctr_mac)
     }
 }
@@ -123,20 +158,20 @@ impl Published {
     }
 
     fn from_entry(k: &types::mapping_key, v: &types::mapping_value) -> Result<Self> {
-        if k.family != AF_INET {
+        if k.family != AF_INET && k.family != AF_INET6 {
             bail!("mapping of address family {} is not supported by this build", k.family);
         }
         let ext = if k.ext_addr == [0; 4] {
             Ext::Default
         } else {
-            Ext::Addr(addr4_of(&k.ext_addr).context("mapping with a malformed IPv4 address")?)
+            Ext::Addr(addr_of(k.family, &k.ext_addr).context("mapping with a malformed IPv4 address")?)
         };
         Ok(Self {
             mapping: Mapping {
                 ext_addr: ext,
                 host_port: k.host_port(),
                 proto: Proto::from_number(k.proto)?,
-                ctr_ip: addr4_of(&v.ctr_addr).context("mapping with a malformed container address")?,
+                ctr_ip: addr_of(k.family, &v.ctr_addr).context("mapping with a malformed container address")?,
                 ctr_port: v.ctr_port(),
                 ctr_mac: v.ctr_mac,
                 veth_ifindex: v.veth_ifindex,
@@ -149,8 +184,57 @@ impl Published {
 fn port_name(ext: Ext, port: u16, proto: Proto) -> String {
     match ext {
         Ext::Default => format!("{port}/{proto} on the default addresses"),
-        Ext::Addr(a) => format!("{a}:{port}/{proto}"),
+        Ext::Addr(a) => format!("{}/{proto}", addr_port(a, port)),
     }
+}
+
+/// The mappings key of a mapping of `family` on `ext`.
+fn mapping_key(family: u8, ext: Ext, host_port: u16, proto: Proto) -> types::mapping_key {
+    types::mapping_key {
+        family,
+        proto: proto.number(),
+        host_port: host_port.to_be(),
+        ext_addr: ext.addr().map(|a| addr_x4(a).1).unwrap_or([0; 4]),
+    }
+}
+
+/// The family a mapping given as (ext, port) is looked up in: an address's
+/// own, IPv4 for a bare port unless `v6` says otherwise.
+pub fn lookup_family(ext: Ext, v6: bool) -> u8 {
+    match ext {
+        Ext::Addr(a) => family_of(a),
+        Ext::Default if v6 => AF_INET6,
+        Ext::Default => AF_INET,
+    }
+}
+
+/// Refuses addresses that can never be an external or a container
+/// address, of either family. IPv6: unspecified, loopback, multicast,
+/// link-local (a published port or a container is reached by a routable
+/// address) and IPv4-mapped (an IPv4 address is given as one).
+pub fn check_ip(ip: IpAddr, what: &str) -> Result<()> {
+    match ip {
+        IpAddr::V4(a) => check_addr(a, what),
+        IpAddr::V6(a) => check_addr6(a, what),
+    }
+}
+
+pub fn check_addr6(ip: Ipv6Addr, what: &str) -> Result<()> {
+    let seg = ip.segments();
+    let why = if ip.is_unspecified() {
+        "unspecified"
+    } else if ip.is_loopback() {
+        "loopback"
+    } else if ip.is_multicast() {
+        "multicast"
+    } else if seg[0] & 0xffc0 == 0xfe80 {
+        "link-local"
+    } else if ip.to_ipv4_mapped().is_some() {
+        "IPv4-mapped"
+    } else {
+        return Ok(());
+    };
+    bail!("{what} {ip} is {why}, not a host's address")
 }
 
 /// Refuses addresses that can never be an external or a container
@@ -182,9 +266,16 @@ pub fn check_mac(mac: &[u8; 6]) -> Result<()> {
     Ok(())
 }
 
-/// One mapping, read without a transaction.
+/// One mapping, read without a transaction: a bare port is the IPv4
+/// default mapping (see [`get_in`]).
 pub fn get(map: &MapHandle, ext: Ext, host_port: u16, proto: Proto) -> Result<Option<Published>> {
-    let k = types::mapping_key::new(ext.addr(), host_port, proto);
+    get_in(map, lookup_family(ext, false), ext, host_port, proto)
+}
+
+/// One mapping of `family` (see [`lookup_family`]), read without a
+/// transaction.
+pub fn get_in(map: &MapHandle, family: u8, ext: Ext, host_port: u16, proto: Proto) -> Result<Option<Published>> {
+    let k = mapping_key(family, ext, host_port, proto);
     match super::lookup::<_, types::mapping_value>(map, &k)? {
         Some(v) => Ok(Some(Published::from_entry(&k, &v)?)),
         None => Ok(None),
@@ -198,29 +289,33 @@ pub fn list(pins: &PinRoot) -> Result<Vec<Published>> {
         .iter()
         .map(|(k, v)| Published::from_entry(k, v))
         .collect::<Result<Vec<_>>>()?;
-    out.sort_by_key(|p| (p.mapping.ext_addr, p.mapping.host_port, p.mapping.proto));
+    out.sort_by_key(|p| (p.mapping.ext_addr, p.mapping.family(), p.mapping.host_port, p.mapping.proto));
     Ok(out)
 }
 
-fn get_txn(txn: &mut Txn, ext: Ext, host_port: u16, proto: Proto) -> Result<Option<Published>> {
-    let k = types::mapping_key::new(ext.addr(), host_port, proto);
+fn get_txn(txn: &mut Txn, family: u8, ext: Ext, host_port: u16, proto: Proto) -> Result<Option<Published>> {
+    let k = mapping_key(family, ext, host_port, proto);
     match txn.get::<_, types::mapping_value>(name::MAPPINGS, &k)? {
         Some(v) => Ok(Some(Published::from_entry(&k, &v)?)),
         None => Ok(None),
     }
 }
 
-/// The default IPv4 external addresses, in order.
-fn defaults(txn: &mut Txn) -> Result<Vec<Ipv4Addr>> {
-    Ok(externals_of(txn.entries(name::EXTERNALS)?).into_iter().filter(|e| e.default).map(|e| e.addr).collect())
+/// The default external addresses of `family`, in order.
+fn defaults(txn: &mut Txn, family: u8) -> Result<Vec<IpAddr>> {
+    Ok(externals_of(txn.entries(name::EXTERNALS)?)
+        .into_iter()
+        .filter(|e| e.default && family_of(e.addr) == family)
+        .map(|e| e.addr)
+        .collect())
 }
 
-/// Every mapping published on `ext`.
-fn published_on(txn: &mut Txn, ext: Ext) -> Result<Vec<Published>> {
+/// Every mapping of `family` published on `ext`.
+fn published_on(txn: &mut Txn, family: u8, ext: Ext) -> Result<Vec<Published>> {
     let all = txn.entries::<types::mapping_key, types::mapping_value>(name::MAPPINGS)?;
     let mut out = Vec::new();
     for (k, v) in &all {
-        if k.family == AF_INET {
+        if k.family == family {
             let p = Published::from_entry(k, v)?;
             if p.mapping.ext_addr == ext {
                 out.push(p);
@@ -234,7 +329,7 @@ fn published_on(txn: &mut Txn, ext: Ext) -> Result<Vec<Published>> {
 /// The host port `m`'s container port is already published under on
 /// `ext`, if any.
 fn rev_owner(txn: &mut Txn, m: &Mapping, ext: Ext) -> Result<Option<Published>> {
-    let Some(owner) = txn.get::<_, types::mapping_key>(name::MAPPING_REV, &m.rev_key(ext.addr()))? else {
+    let Some(owner) = txn.get::<_, types::mapping_key>(name::MAPPING_REV, &m.rev_key(ext))? else {
         return Ok(None);
     };
     match txn.get::<_, types::mapping_value>(name::MAPPINGS, &owner)? {
@@ -247,9 +342,8 @@ fn rev_owner(txn: &mut Txn, m: &Mapping, ext: Ext) -> Result<Option<Published>> 
 fn ensure_unique(txn: &mut Txn, m: &Mapping, ext: Ext) -> Result<()> {
     if let Some(o) = rev_owner(txn, m, ext)? {
         bail!(
-            "{}:{}/{} is already published as {}; one container port is published once per external address",
-            m.ctr_ip,
-            m.ctr_port,
+            "{}/{} is already published as {}; one container port is published once per external address",
+            addr_port(m.ctr_ip, m.ctr_port),
             m.proto,
             o.mapping.port_name()
         );
@@ -263,13 +357,14 @@ fn ensure_unique(txn: &mut Txn, m: &Mapping, ext: Ext) -> Result<()> {
 /// published twice on one address are refused.
 pub fn add(txn: &mut Txn, m: &Mapping) -> Result<Change> {
     m.check()?;
-    if let Some(cur) = get_txn(txn, m.ext_addr, m.host_port, m.proto)? {
+    let family = m.family();
+    if let Some(cur) = get_txn(txn, family, m.ext_addr, m.host_port, m.proto)? {
         if cur.mapping == *m {
             return Ok(Change::Unchanged);
         }
         bail!("{} is already published ({}); delete it first", m.port_name(), cur.mapping.describe());
     }
-    let defaults = defaults(txn)?;
+    let defaults = defaults(txn, family)?;
     let targets = match m.ext_addr {
         Ext::Addr(a) => {
             let ext = externals_of(txn.entries(name::EXTERNALS)?).into_iter().find(|e| e.addr == a);
@@ -277,7 +372,7 @@ pub fn add(txn: &mut Txn, m: &Mapping) -> Result<Change> {
                 bail!("{a} is not an external address (datapathctl map external add {a} <interface>)");
             };
             if ext.default {
-                if let Some(d) = get_txn(txn, Ext::Default, m.host_port, m.proto)? {
+                if let Some(d) = get_txn(txn, family, Ext::Default, m.host_port, m.proto)? {
                     bail!(
                         "{} conflicts with {}, and {a} is a default address",
                         m.port_name(),
@@ -291,7 +386,7 @@ pub fn add(txn: &mut Txn, m: &Mapping) -> Result<Change> {
         }
         Ext::Default => {
             for d in &defaults {
-                if let Some(o) = get_txn(txn, Ext::Addr(*d), m.host_port, m.proto)? {
+                if let Some(o) = get_txn(txn, family, Ext::Addr(*d), m.host_port, m.proto)? {
                     bail!("{} conflicts with {} on default address {d}", m.port_name(), o.mapping.port_name());
                 }
                 ensure_unique(txn, m, Ext::Addr(*d))?;
@@ -303,39 +398,79 @@ pub fn add(txn: &mut Txn, m: &Mapping) -> Result<Change> {
     let slot = slot_alloc(txn)?;
     let key = m.key();
     txn.put(name::MAPPINGS, &key, &m.value(slot))?;
-    txn.put(name::MAPPING_REV, &m.rev_key(m.ext_addr.addr()), &key)?;
+    txn.put(name::MAPPING_REV, &m.rev_key(m.ext_addr), &key)?;
     for a in targets {
-        txn.put(name::DNAT4, &types::dnat4_key::new(a, m.host_port, m.proto), &m.dnat_value(slot))?;
+        dnat_put(txn, a, m, slot)?;
     }
     Ok(Change::Added)
 }
 
-/// Unpublishes a mapping: its dnat4 entries, its reverse entry, and its
-/// slot, whose counters are zeroed. Deleting what is not there succeeds.
-pub fn del(txn: &mut Txn, ext: Ext, host_port: u16, proto: Proto) -> Result<Change> {
-    let Some(p) = get_txn(txn, ext, host_port, proto)? else {
+/// Writes the dnat4 or dnat6 entry of mapping `m` (slot `slot`) on `ext`.
+fn dnat_put(txn: &mut Txn, ext: IpAddr, m: &Mapping, slot: u32) -> Result<()> {
+    match (ext, m.ctr_ip) {
+        (IpAddr::V4(e), IpAddr::V4(c)) => txn.put(
+            name::DNAT4,
+            &types::dnat4_key::new(e, m.host_port, m.proto),
+            &types::dnat4_value::new(c, m.ctr_port, m.ctr_mac, m.veth_ifindex, slot),
+        ),
+        (IpAddr::V6(e), IpAddr::V6(c)) => txn.put(
+            name::DNAT6,
+            &types::dnat6_key::new(e, m.host_port, m.proto),
+            &types::dnat6_value::new(c, m.ctr_port, m.ctr_mac, m.veth_ifindex, slot),
+        ),
+        _ => bail!("external address {ext} and container address {} are of different families", m.ctr_ip),
+    }
+}
+
+/// Removes the dnat4 or dnat6 entry of (ext, port, proto) if it is the one
+/// of the mapping with slot `slot`.
+fn dnat_del_slot(txn: &mut Txn, ext: IpAddr, host_port: u16, proto: Proto, slot: u32) -> Result<()> {
+    match ext {
+        IpAddr::V4(e) => {
+            let dk = types::dnat4_key::new(e, host_port, proto);
+            if txn.get::<_, types::dnat4_value>(name::DNAT4, &dk)?.is_some_and(|v| v.slot == slot) {
+                txn.delete(name::DNAT4, &dk)?;
+            }
+        }
+        IpAddr::V6(e) => {
+            let dk = types::dnat6_key::new(e, host_port, proto);
+            if txn.get::<_, types::dnat6_value>(name::DNAT6, &dk)?.is_some_and(|v| v.slot == slot) {
+                txn.delete(name::DNAT6, &dk)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unpublishes a mapping of `family` (see [`lookup_family`]): its dnat4
+/// or dnat6 entries, its reverse entry, and its slot, whose counters are
+/// zeroed. Deleting what is not there succeeds.
+pub fn del_in(txn: &mut Txn, family: u8, ext: Ext, host_port: u16, proto: Proto) -> Result<Change> {
+    let Some(p) = get_txn(txn, family, ext, host_port, proto)? else {
         return Ok(Change::Absent);
     };
     let m = &p.mapping;
     let key = m.key();
     txn.delete(name::MAPPINGS, &key)?;
-    let rkey = m.rev_key(ext.addr());
+    let rkey = m.rev_key(ext);
     if txn.get::<_, types::mapping_key>(name::MAPPING_REV, &rkey)?.is_some_and(|o| bytes_of(&o) == bytes_of(&key)) {
         txn.delete(name::MAPPING_REV, &rkey)?;
     }
     let targets = match ext {
         Ext::Addr(a) => vec![a],
-        Ext::Default => defaults(txn)?,
+        Ext::Default => defaults(txn, family)?,
     };
     for a in targets {
-        let dk = types::dnat4_key::new(a, host_port, proto);
         // Only the entry this mapping made: the same slot.
-        if txn.get::<_, types::dnat4_value>(name::DNAT4, &dk)?.is_some_and(|v| v.slot == p.slot) {
-            txn.delete(name::DNAT4, &dk)?;
-        }
+        dnat_del_slot(txn, a, host_port, proto, p.slot)?;
     }
     slot_free(txn, p.slot)?;
     Ok(Change::Deleted)
+}
+
+/// [`del_in`]: a bare port is the IPv4 default mapping.
+pub fn del(txn: &mut Txn, ext: Ext, host_port: u16, proto: Proto) -> Result<Change> {
+    del_in(txn, lookup_family(ext, false), ext, host_port, proto)
 }
 
 /// Publishes one mapping, in a transaction of its own.
@@ -348,18 +483,24 @@ pub fn publish(pins: &PinRoot, m: &Mapping) -> Result<Change> {
 
 /// Unpublishes one mapping, in a transaction of its own.
 pub fn unpublish(pins: &PinRoot, ext: Ext, host_port: u16, proto: Proto) -> Result<Change> {
+    unpublish_in(pins, lookup_family(ext, false), ext, host_port, proto)
+}
+
+/// Unpublishes one mapping of `family`, in a transaction of its own.
+pub fn unpublish_in(pins: &PinRoot, family: u8, ext: Ext, host_port: u16, proto: Proto) -> Result<Change> {
     let mut txn = Txn::begin(pins)?;
-    let c = del(&mut txn, ext, host_port, proto)?;
+    let c = del_in(&mut txn, family, ext, host_port, proto)?;
     txn.commit()?;
     Ok(c)
 }
 
-/// How many entries `mappings`, `mapping_rev` and `dnat4` hold: they move
-/// together.
+/// How many entries `mappings`, `mapping_rev` and `dnat4` with `dnat6`
+/// hold: they move together.
 pub fn counts(pins: &PinRoot) -> Result<[usize; 3]> {
     let mut out = [0; 3];
-    for (i, m) in [name::MAPPINGS, name::MAPPING_REV, name::DNAT4].iter().enumerate() {
-        out[i] = super::count(&super::open(pins, m)?);
+    for (i, m) in [name::MAPPINGS, name::MAPPING_REV, name::DNAT4, name::DNAT6].iter().enumerate() {
+        let i = i.min(2);
+        out[i] += super::count(&super::open(pins, m)?);
     }
     Ok(out)
 }
@@ -371,7 +512,7 @@ pub fn counts(pins: &PinRoot) -> Result<[usize; 3]> {
 /// mappings are published on it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct External {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub ifindex: u32,
     pub ifname: String,
     pub default: bool,
@@ -392,9 +533,8 @@ impl External {
 fn externals_of(entries: Vec<(types::external_key, types::external_value)>) -> Vec<External> {
     let mut out: Vec<External> = entries
         .into_iter()
-        .filter(|(k, _)| k.family == AF_INET)
         .filter_map(|(k, v)| {
-            addr4_of(&k.addr).map(|addr| External {
+            addr_of(k.family, &k.addr).map(|addr| External {
                 addr,
                 ifindex: v.ifindex,
                 ifname: v.name(),
@@ -415,9 +555,10 @@ pub fn externals(pins: &PinRoot) -> Result<Vec<External>> {
 /// Makes `addr` a default address: every default mapping gets its dnat4
 /// entry on it. Refused if a dedicated mapping on `addr` conflicts with a
 /// default one.
-fn expand_on(txn: &mut Txn, addr: Ipv4Addr) -> Result<()> {
-    let dedicated = published_on(txn, Ext::Addr(addr))?;
-    let default = published_on(txn, Ext::Default)?;
+fn expand_on(txn: &mut Txn, addr: IpAddr) -> Result<()> {
+    let family = family_of(addr);
+    let dedicated = published_on(txn, family, Ext::Addr(addr))?;
+    let default = published_on(txn, family, Ext::Default)?;
     for d in &default {
         let m = &d.mapping;
         if let Some(o) = dedicated.iter().find(|o| o.mapping.host_port == m.host_port && o.mapping.proto == m.proto) {
@@ -427,9 +568,8 @@ fn expand_on(txn: &mut Txn, addr: Ipv4Addr) -> Result<()> {
             (o.mapping.ctr_ip, o.mapping.ctr_port, o.mapping.proto) == (m.ctr_ip, m.ctr_port, m.proto)
         }) {
             bail!(
-                "{}:{}/{} is published both as {} and as {}: {addr} cannot be a default address",
-                m.ctr_ip,
-                m.ctr_port,
+                "{}/{} is published both as {} and as {}: {addr} cannot be a default address",
+                addr_port(m.ctr_ip, m.ctr_port),
                 m.proto,
                 o.mapping.port_name(),
                 m.port_name()
@@ -437,28 +577,24 @@ fn expand_on(txn: &mut Txn, addr: Ipv4Addr) -> Result<()> {
         }
     }
     for d in &default {
-        let m = &d.mapping;
-        txn.put(name::DNAT4, &types::dnat4_key::new(addr, m.host_port, m.proto), &m.dnat_value(d.slot))?;
+        dnat_put(txn, addr, &d.mapping, d.slot)?;
     }
     Ok(())
 }
 
-/// Removes the default mappings' dnat4 entries from `addr`.
-fn collapse_on(txn: &mut Txn, addr: Ipv4Addr) -> Result<()> {
-    for d in published_on(txn, Ext::Default)? {
-        let dk = types::dnat4_key::new(addr, d.mapping.host_port, d.mapping.proto);
-        if txn.get::<_, types::dnat4_value>(name::DNAT4, &dk)?.is_some_and(|v| v.slot == d.slot) {
-            txn.delete(name::DNAT4, &dk)?;
-        }
+/// Removes the default mappings' dnat4 / dnat6 entries from `addr`.
+fn collapse_on(txn: &mut Txn, addr: IpAddr) -> Result<()> {
+    for d in published_on(txn, family_of(addr), Ext::Default)? {
+        dnat_del_slot(txn, addr, d.mapping.host_port, d.mapping.proto, d.slot)?;
     }
     Ok(())
 }
 
 /// Adds an external address, or changes whether it is a default one.
 /// Another interface for a known address is refused (delete it first).
-pub fn external_add(txn: &mut Txn, addr: Ipv4Addr, ifindex: u32, ifname: &str, default: bool) -> Result<Change> {
-    check_addr(addr, "external address")?;
-    let key = types::external_key::new(addr);
+pub fn external_add(txn: &mut Txn, addr: IpAddr, ifindex: u32, ifname: &str, default: bool) -> Result<Change> {
+    check_ip(addr, "external address")?;
+    let key = external_key(addr);
     let cur: Option<types::external_value> = txn.get(name::EXTERNALS, &key)?;
     if let Some(c) = &cur {
         if c.ifindex != ifindex {
@@ -483,12 +619,12 @@ pub fn external_add(txn: &mut Txn, addr: Ipv4Addr, ifindex: u32, ifname: &str, d
 
 /// Removes an external address; refused while mappings are published on
 /// it alone. Deleting what is not there succeeds.
-pub fn external_del(txn: &mut Txn, addr: Ipv4Addr) -> Result<Change> {
-    let key = types::external_key::new(addr);
+pub fn external_del(txn: &mut Txn, addr: IpAddr) -> Result<Change> {
+    let key = external_key(addr);
     let Some(cur) = txn.get::<_, types::external_value>(name::EXTERNALS, &key)? else {
         return Ok(Change::Absent);
     };
-    let dedicated = published_on(txn, Ext::Addr(addr))?;
+    let dedicated = published_on(txn, family_of(addr), Ext::Addr(addr))?;
     if let Some(first) = dedicated.first() {
         bail!(
             "{} mapping(s) are published on {addr} (e.g. {}); delete them first",
@@ -501,6 +637,11 @@ pub fn external_del(txn: &mut Txn, addr: Ipv4Addr) -> Result<Change> {
     }
     txn.delete(name::EXTERNALS, &key)?;
     Ok(Change::Deleted)
+}
+
+fn external_key(addr: IpAddr) -> types::external_key {
+    let (family, addr) = addr_x4(addr);
+    types::external_key { family, pad: [0; 3], addr }
 }
 
 // ---------------------------------------------------------------------
@@ -574,13 +715,13 @@ mod tests {
             ext_addr: Ext::Default,
             host_port: 30001,
             proto: Proto::Tcp,
-            ctr_ip: Ipv4Addr::new(10, 0, 0, 2),
+            ctr_ip: Ipv4Addr::new(10, 0, 0, 2).into(),
             ctr_port: 25565,
             ctr_mac: [2, 0, 0, 0, 0, 2],
             veth_ifindex: 7,
         };
         assert_eq!(m.port_name(), "30001/tcp on the default addresses");
-        let d = Mapping { ext_addr: Ext::Addr(Ipv4Addr::new(203, 0, 113, 10)), ..m };
+        let d = Mapping { ext_addr: Ext::Addr(Ipv4Addr::new(203, 0, 113, 10).into()), ..m };
         assert_eq!(d.port_name(), "203.0.113.10:30001/tcp");
         let json = serde_json::to_value(Published { mapping: d, slot: 3 }).unwrap();
         assert_eq!(json["ext_addr"], "203.0.113.10");

@@ -521,7 +521,7 @@ impl<'a> Add<'a> {
                 ext_addr: p.ext(),
                 host_port: p.host_port,
                 proto: p.proto,
-                ctr_ip: rec.ip4,
+                ctr_ip: rec.ip4.into(),
                 ctr_port: p.ctr_port,
                 ctr_mac,
                 veth_ifindex: rec.host_ifindex,

@@ -5,7 +5,7 @@ pub mod container;
 pub mod setup;
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -208,7 +208,7 @@ pub fn detach_getsockopt(pins: &PinRoot, path: Option<&Path>) -> Result<()> {
 pub struct DnatAdd {
     pub ext: Ext,
     pub host_port: u16,
-    pub ctr_ip: Ipv4Addr,
+    pub ctr_ip: IpAddr,
     pub veth: String,
     pub ctr_mac: [u8; 6],
     pub proto: Proto,
@@ -230,24 +230,43 @@ impl DnatAdd {
 }
 
 /// Parses `[<ext-addr>:]<host-port>`: a port alone is published on the
-/// default external addresses.
+/// default external addresses (of the container address's family).
 pub fn parse_host_port(s: &str) -> Result<(Ext, u16)> {
+    parse_host_port_family(s).map(|(e, p, _)| (e, p))
+}
+
+/// [`parse_host_port`], with the family the text names: an address's own,
+/// IPv6 for `[::]:port` (every default IPv6 address, as Docker's
+/// `-p [::]:…`), none for a bare port. IPv6 addresses are in brackets.
+pub fn parse_host_port_family(s: &str) -> Result<(Ext, u16, Option<u8>)> {
     let shown: String = s.chars().take(64).collect();
-    let (ext, port) = match s.rsplit_once(':') {
-        None => (Ext::Default, s),
-        Some((a, p)) => {
-            if a.starts_with('[') || a.contains(':') {
-                bail!("invalid host port '{shown}': IPv6 external addresses are not supported");
+    let (ext, port, family) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((a, p)) = rest.split_once("]:") else {
+            bail!("invalid host port '{shown}': expected [IPV6-ADDRESS]:PORT");
+        };
+        let ip: Ipv6Addr = a.parse().map_err(|_| {
+            let a: String = a.chars().take(64).collect();
+            anyhow::anyhow!("invalid host port '{shown}': '{a}' is not an IPv6 address")
+        })?;
+        let ext = if ip.is_unspecified() { Ext::Default } else { Ext::Addr(ip.into()) };
+        (ext, p, Some(crate::abi::AF_INET6))
+    } else {
+        match s.rsplit_once(':') {
+            None => (Ext::Default, s, None),
+            Some((a, p)) => {
+                if a.contains(':') {
+                    bail!("invalid host port '{shown}': an IPv6 address goes in brackets ([2001:db8::1]:30001)");
+                }
+                let ip: Ipv4Addr = a.parse().map_err(|_| {
+                    let a: String = a.chars().take(64).collect();
+                    anyhow::anyhow!("invalid host port '{shown}': '{a}' is not an IPv4 address")
+                })?;
+                (Ext::Addr(ip.into()), p, Some(crate::abi::AF_INET))
             }
-            let ip: Ipv4Addr = a.parse().map_err(|_| {
-                let a: String = a.chars().take(64).collect();
-                anyhow::anyhow!("invalid host port '{shown}': '{a}' is not an IPv4 address")
-            })?;
-            (Ext::Addr(ip), p)
         }
     };
     match port.parse::<u32>() {
-        Ok(p) if (1..=65535).contains(&p) => Ok((ext, p as u16)),
+        Ok(p) if (1..=65535).contains(&p) => Ok((ext, p as u16, family)),
         _ => bail!("invalid port '{shown}': expected [ADDRESS:]1-65535"),
     }
 }
@@ -292,16 +311,29 @@ pub fn dnat_add_batch(pins: &PinRoot, netns: Option<&str>, lines: &[(usize, Dnat
     Ok(added)
 }
 
+/// `map dnat del`: a bare port is the IPv4 default mapping (see
+/// [`dnat_del_in`]).
 pub fn dnat_del(pins: &PinRoot, ext: Ext, port: u16, proto: Proto) -> Result<Change> {
-    published::unpublish(pins, ext, port, proto)
+    dnat_del_in(pins, published::lookup_family(ext, false), ext, port, proto)
+}
+
+/// `map dnat del` of a mapping of `family` (`[::]:port`: the IPv6 default
+/// mapping).
+pub fn dnat_del_in(pins: &PinRoot, family: u8, ext: Ext, port: u16, proto: Proto) -> Result<Change> {
+    published::unpublish_in(pins, family, ext, port, proto)
 }
 
 pub fn dnat_get(pins: &PinRoot, ext: Ext, port: u16, proto: Proto) -> Result<Published> {
+    dnat_get_in(pins, published::lookup_family(ext, false), ext, port, proto)
+}
+
+pub fn dnat_get_in(pins: &PinRoot, family: u8, ext: Ext, port: u16, proto: Proto) -> Result<Published> {
     let map = maps::open(pins, maps::name::MAPPINGS)?;
-    published::get(&map, ext, port, proto)?.with_context(|| {
+    published::get_in(&map, family, ext, port, proto)?.with_context(|| {
         let what = match ext {
+            Ext::Default if family == crate::abi::AF_INET6 => format!("[::]:{port}/{proto}"),
             Ext::Default => format!("host port {port}/{proto}"),
-            Ext::Addr(a) => format!("{a}:{port}/{proto}"),
+            Ext::Addr(a) => format!("{}/{proto}", maps::addr_port(a, port)),
         };
         format!("{what} is not published")
     })
@@ -313,9 +345,16 @@ pub fn dnat_list(pins: &PinRoot) -> Result<Vec<Published>> {
 
 /// `map external add`: an external address on an interface; `default`
 /// publishes every default mapping on it.
-pub fn external_add(pins: &PinRoot, netns: Option<&str>, addr: Ipv4Addr, iface: &str, default: bool) -> Result<Change> {
+pub fn external_add(
+    pins: &PinRoot,
+    netns: Option<&str>,
+    addr: impl Into<IpAddr>,
+    iface: &str,
+    default: bool,
+) -> Result<Change> {
+    let addr = addr.into();
     pins.require_loaded()?;
-    published::check_addr(addr, "external address")?;
+    published::check_ip(addr, "external address")?;
     let iface = {
         let _ns = NetnsGuard::enter(netns)?;
         netif::resolve(iface)?
@@ -326,9 +365,9 @@ pub fn external_add(pins: &PinRoot, netns: Option<&str>, addr: Ipv4Addr, iface: 
     Ok(c)
 }
 
-pub fn external_del(pins: &PinRoot, addr: Ipv4Addr) -> Result<Change> {
+pub fn external_del(pins: &PinRoot, addr: impl Into<IpAddr>) -> Result<Change> {
     let mut txn = Txn::begin(pins)?;
-    let c = published::external_del(&mut txn, addr)?;
+    let c = published::external_del(&mut txn, addr.into())?;
     txn.commit()?;
     Ok(c)
 }
@@ -345,7 +384,8 @@ pub fn snat_set(pins: &PinRoot, netns: Option<&str>, ip: Ipv4Addr, iface: &str) 
 /// The default IPv4 external address, for `map snat get`/`del`; several
 /// are not one.
 fn the_default(pins: &PinRoot) -> Result<Option<External>> {
-    let defaults: Vec<External> = published::externals(pins)?.into_iter().filter(|e| e.default).collect();
+    let defaults: Vec<External> =
+        published::externals(pins)?.into_iter().filter(|e| e.default && e.addr.is_ipv4()).collect();
     if defaults.len() > 1 {
         let all: Vec<String> = defaults.iter().map(|e| e.addr.to_string()).collect();
         bail!("there are {} default external addresses ({}); see datapathctl map external list", all.len(), all.join(", "));
@@ -367,17 +407,69 @@ pub fn snat_del(pins: &PinRoot) -> Result<Change> {
 /// `map veth add`: reads the host veth's index, MAC and address from the
 /// interface itself and registers the container behind it.
 pub fn veth_add(pins: &PinRoot, netns: Option<&str>, iface: &str, ctr_ip: Ipv4Addr) -> Result<Change> {
+    veth_add_dual(pins, netns, iface, ctr_ip, None)
+}
+
+/// The host veth's IPv6 gateway address: a global (or unique local) one if
+/// it has one, else fe80::1, else its first link-local address. Addresses
+/// still in duplicate address detection do not count.
+fn gateway6_of(index: u32) -> Result<Option<Ipv6Addr>> {
+    let mut rtnl = crate::net::rtnl::Rtnl::open()?;
+    let mut global = None;
+    let mut fe80_1 = None;
+    let mut link_local = None;
+    for a in rtnl.addrs(Some(index))? {
+        let std::net::IpAddr::V6(ip) = a.prefix.addr else { continue };
+        if a.tentative {
+            continue;
+        }
+        if ip.segments()[0] & 0xffc0 != 0xfe80 {
+            global.get_or_insert(ip);
+        } else if ip == Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1) {
+            fe80_1 = Some(ip);
+        } else {
+            link_local.get_or_insert(ip);
+        }
+    }
+    Ok(global.or(fe80_1).or(link_local))
+}
+
+/// `map veth add <veth> <ip4> [<ip6>]`: a dual-stack container also gets
+/// its IPv6 address registered (`veths6`), with the host veth's IPv6
+/// gateway address, where the proxy is reached over IPv6.
+pub fn veth_add_dual(
+    pins: &PinRoot,
+    netns: Option<&str>,
+    iface: &str,
+    ctr_ip: Ipv4Addr,
+    ctr_ip6: Option<Ipv6Addr>,
+) -> Result<Change> {
     let map = VethMap::open(pins)?;
     let _ns = NetnsGuard::enter(netns)?;
     let iface = netif::resolve(iface)?;
     let host_mac = netif::mac_of(&iface.name)?;
     maps::check_addr(ctr_ip, "container address")?;
+    if let Some(c6) = ctr_ip6 {
+        maps::check_addr6(c6, "container address")?;
+    }
     let host_ip = netif::ipv4_of(&iface.name)?
         .with_context(|| format!("host veth '{}' has no IPv4 address; the proxy listens on it", iface.name))?;
     if host_ip == ctr_ip {
         bail!("container address {ctr_ip} is the host veth's own address");
     }
-    let v = Veth { ifindex: iface.index, name: iface.name.clone(), ctr_ip, host_ip, host_mac };
+    let host_ip6 = match ctr_ip6 {
+        None => None,
+        Some(c6) => {
+            let h6 = gateway6_of(iface.index)?.with_context(|| {
+                format!("host veth '{}' has no IPv6 address; the proxy listens on it (e.g. fe80::1)", iface.name)
+            })?;
+            if h6 == c6 {
+                bail!("container address {c6} is the host veth's own address");
+            }
+            Some(h6)
+        }
+    };
+    let v = Veth { ifindex: iface.index, name: iface.name.clone(), ctr_ip, host_ip, host_mac, ctr_ip6, host_ip6 };
     // Inside the namespace still: an entry whose name no longer matches its
     // index belongs to a deleted veth.
     map.add(&v, |cur| netif::name_of(cur.ifindex).map(|n| n != cur.name).unwrap_or(true))
@@ -505,7 +597,13 @@ mod tests {
     #[test]
     fn host_ports_name_an_address_or_the_defaults() {
         assert_eq!(parse_host_port("30001").unwrap(), (Ext::Default, 30001));
-        assert_eq!(parse_host_port("203.0.113.10:25565").unwrap(), (Ext::Addr(Ipv4Addr::new(203, 0, 113, 10)), 25565));
+        assert_eq!(parse_host_port("203.0.113.10:25565").unwrap(), (Ext::Addr(Ipv4Addr::new(203, 0, 113, 10).into()), 25565));
+        assert_eq!(
+            parse_host_port_family("[2001:db8::1]:30001").unwrap(),
+            (Ext::Addr("2001:db8::1".parse().unwrap()), 30001, Some(crate::abi::AF_INET6))
+        );
+        assert_eq!(parse_host_port_family("[::]:30001").unwrap(), (Ext::Default, 30001, Some(crate::abi::AF_INET6)));
+        assert_eq!(parse_host_port_family("30001").unwrap(), (Ext::Default, 30001, None));
         for (bad, says) in [
             ("0", "port"),
             ("65536", "port"),
@@ -514,8 +612,11 @@ mod tests {
             ("203.0.113.10:0", "port"),
             (":30001", "not an IPv4 address"),
             ("203.0.113:30001", "not an IPv4 address"),
-            ("[2001:db8::1]:30001", "IPv6"),
-            ("2001:db8::1:30001", "IPv6"),
+            ("[2001:db8::1]", "IPV6-ADDRESS"),
+            ("[2001:db8::zz]:30001", "not an IPv6 address"),
+            ("[10.0.0.1]:30001", "not an IPv6 address"),
+            ("[2001:db8::1]:0", "port"),
+            ("2001:db8::1:30001", "brackets"),
         ] {
             let e = parse_host_port(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad:?}: {e}");

@@ -1,7 +1,7 @@
 //! datapathctl: loads, attaches and manages the datapath's eBPF programs.
 //! This file only parses the command line, sets up logging and dispatches.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,7 +10,7 @@ use clap::{ArgAction, Parser, Subcommand};
 use serde::Serialize;
 
 use datapath::kernel::attach::Kind;
-use datapath::abi::Proto;
+use datapath::abi::{Proto, AF_INET, AF_INET6};
 use datapath::maps::containers::{Port, Record};
 use datapath::ops::container::{self, Spec};
 use datapath::ops::setup::SetupOptions;
@@ -312,12 +312,14 @@ enum DnatCmd {
     /// Publish a container port on a host port.
     Add {
         /// Host port to publish (1-65535), on the default external
-        /// addresses, or ADDRESS:PORT on one external address.
+        /// addresses of the container address's family, or ADDRESS:PORT
+        /// on one external address ([IPV6]:PORT; [::]:PORT is every
+        /// default IPv6 address).
         #[arg(value_parser = parse_host_port, required_unless_present = "from_file")]
-        host_port: Option<(Ext, u16)>,
-        /// Container IPv4 address.
-        #[arg(value_parser = parse_ipv4, required_unless_present = "from_file")]
-        ctr_ip: Option<Ipv4Addr>,
+        host_port: Option<(Ext, u16, Option<u8>)>,
+        /// Container IPv4 or IPv6 address.
+        #[arg(value_parser = parse_ip, required_unless_present = "from_file")]
+        ctr_ip: Option<IpAddr>,
         /// Host side of the container's veth, by name or index.
         #[arg(required_unless_present = "from_file")]
         veth: Option<String>,
@@ -338,18 +340,20 @@ enum DnatCmd {
     },
     /// Unpublish a host port.
     Del {
-        /// Published host port, or ADDRESS:PORT.
+        /// Published host port (IPv4 default mapping), [::]:PORT (IPv6
+        /// default mapping), or ADDRESS:PORT.
         #[arg(value_parser = parse_host_port)]
-        host_port: (Ext, u16),
+        host_port: (Ext, u16, Option<u8>),
         /// Protocol.
         #[arg(long, default_value = "tcp", value_parser = parse_proto)]
         proto: Proto,
     },
     /// Show one published port.
     Get {
-        /// Published host port, or ADDRESS:PORT.
+        /// Published host port (IPv4 default mapping), [::]:PORT (IPv6
+        /// default mapping), or ADDRESS:PORT.
         #[arg(value_parser = parse_host_port)]
-        host_port: (Ext, u16),
+        host_port: (Ext, u16, Option<u8>),
         /// Protocol.
         #[arg(long, default_value = "tcp", value_parser = parse_proto)]
         proto: Proto,
@@ -367,9 +371,9 @@ enum DnatCmd {
 enum ExternalCmd {
     /// Add an external address (or make it a default one, or not).
     Add {
-        /// External IPv4 address.
-        #[arg(value_parser = parse_ipv4)]
-        addr: Ipv4Addr,
+        /// External IPv4 or IPv6 address.
+        #[arg(value_parser = parse_ip)]
+        addr: IpAddr,
         /// External interface it is on, by name or index.
         ext_if: String,
         /// Publish the mappings without an address on it too.
@@ -378,9 +382,9 @@ enum ExternalCmd {
     },
     /// Remove an external address (refused while mappings name it).
     Del {
-        /// External IPv4 address.
-        #[arg(value_parser = parse_ipv4)]
-        addr: Ipv4Addr,
+        /// External IPv4 or IPv6 address.
+        #[arg(value_parser = parse_ip)]
+        addr: IpAddr,
     },
     /// List the external addresses.
     List,
@@ -411,6 +415,10 @@ enum VethCmd {
         /// The container's IPv4 address.
         #[arg(value_parser = parse_ipv4)]
         ctr_ip: Ipv4Addr,
+        /// The container's IPv6 address, for a dual-stack container (the
+        /// host veth needs an IPv6 address: the gateway, e.g. fe80::1).
+        #[arg(value_parser = parse_ipv6)]
+        ctr_ip6: Option<Ipv6Addr>,
     },
     /// Unregister a host veth.
     Del {
@@ -484,12 +492,16 @@ fn parse_ipv4(s: &str) -> Result<Ipv4Addr, String> {
     s.parse::<Ipv4Addr>().map_err(|_| format!("invalid IPv4 address '{s}'"))
 }
 
-fn parse_host_port(s: &str) -> Result<(Ext, u16), String> {
-    ops::parse_host_port(s).map_err(|e| e.to_string())
-}
-
 fn parse_ipv6(s: &str) -> Result<Ipv6Addr, String> {
     s.parse::<Ipv6Addr>().map_err(|_| format!("invalid IPv6 address '{}'", s.chars().take(64).collect::<String>()))
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse::<IpAddr>().map_err(|_| format!("invalid IP address '{}'", s.chars().take(64).collect::<String>()))
+}
+
+fn parse_host_port(s: &str) -> Result<(Ext, u16, Option<u8>), String> {
+    ops::parse_host_port_family(s).map_err(|e| e.to_string())
 }
 
 fn parse_publish(s: &str) -> Result<Port, String> {
@@ -554,7 +566,7 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -
 /// What `map snat get` shows.
 #[derive(Serialize)]
 struct SnatOut {
-    ext_ip: Ipv4Addr,
+    ext_ip: IpAddr,
     ext_ifindex: u32,
 }
 
@@ -684,17 +696,22 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 DnatCmd::Add { host_port, ctr_ip, veth, ctr_mac, proto, to_port, from_file: None } => {
                     // clap guarantees all four when there is no --from-file.
-                    let (Some((ext, host_port)), Some(ctr_ip), Some(veth), Some(ctr_mac)) =
+                    let (Some((ext, host_port, family)), Some(ctr_ip), Some(veth), Some(ctr_mac)) =
                         (host_port, ctr_ip, veth, ctr_mac)
                     else {
                         bail!("map dnat add needs HOST-PORT CTR-IP VETH CTR-MAC or --from-file");
                     };
+                    same_family(family, ctr_ip)?;
                     let a = DnatAdd { ext, host_port, ctr_ip, veth, ctr_mac, proto, to_port };
                     change(json, ops::dnat_add(&pins, ns, &a)?)
                 }
-                DnatCmd::Del { host_port: (ext, port), proto } => change(json, ops::dnat_del(&pins, ext, port, proto)?),
-                DnatCmd::Get { host_port: (ext, port), proto } => {
-                    print(json, &ops::dnat_get(&pins, ext, port, proto)?, |p| p.describe())
+                DnatCmd::Del { host_port: (ext, port, family), proto } => {
+                    change(json, ops::dnat_del_in(&pins, family.unwrap_or(AF_INET), ext, port, proto)?)
+                }
+                DnatCmd::Get { host_port: (ext, port, family), proto } => {
+                    print(json, &ops::dnat_get_in(&pins, family.unwrap_or(AF_INET), ext, port, proto)?, |p| {
+                        p.describe()
+                    })
                 }
                 DnatCmd::List { stats: true } => observe::dnat_list_stats(&pins, json),
                 DnatCmd::List { stats: false } => print(json, &ops::dnat_list(&pins)?, |l| {
@@ -721,7 +738,9 @@ fn run(cli: Cli) -> Result<()> {
                 SnatCmd::Del => change(json, ops::snat_del(&pins)?),
             },
             MapCmd::Veth { op } => match op {
-                VethCmd::Add { veth, ctr_ip } => change(json, ops::veth_add(&pins, ns, &veth, ctr_ip)?),
+                VethCmd::Add { veth, ctr_ip, ctr_ip6 } => {
+                    change(json, ops::veth_add_dual(&pins, ns, &veth, ctr_ip, ctr_ip6)?)
+                }
                 VethCmd::Del { veth } => change(json, ops::veth_del(&pins, ns, &veth)?),
                 VethCmd::Get { veth } => print(json, &ops::veth_get(&pins, ns, &veth)?, describe_veth),
                 VethCmd::List => print(json, &ops::veth_list(&pins)?, |l| {
@@ -807,14 +826,25 @@ fn guard(pins: &PinRoot, json: bool, what: GuardCmd) -> Result<()> {
     }
 }
 
+/// A host port that names a family ([::]:PORT, an address) must be
+/// published to a container address of that family.
+fn same_family(family: Option<u8>, ctr_ip: IpAddr) -> Result<()> {
+    if let Some(f) = family {
+        if (f == AF_INET6) != ctr_ip.is_ipv6() {
+            bail!("the host port is {} but container address {ctr_ip} is not", if f == AF_INET6 { "IPv6" } else { "IPv4" });
+        }
+    }
+    Ok(())
+}
+
 /// One line of `map dnat add --from-file`: the command's own arguments.
 #[derive(Parser, Debug)]
 #[command(no_binary_name = true)]
 struct DnatLine {
     #[arg(value_parser = parse_host_port)]
-    host_port: (Ext, u16),
-    #[arg(value_parser = parse_ipv4)]
-    ctr_ip: Ipv4Addr,
+    host_port: (Ext, u16, Option<u8>),
+    #[arg(value_parser = parse_ip)]
+    ctr_ip: IpAddr,
     veth: String,
     #[arg(value_parser = parse_mac)]
     ctr_mac: [u8; 6],
@@ -844,6 +874,7 @@ fn read_dnat_lines(file: &std::path::Path) -> Result<Vec<(usize, DnatAdd)>> {
             let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid mapping").to_string();
             anyhow::anyhow!("line {}: {}", i + 1, first.trim_start_matches("error: "))
         })?;
+        same_family(l.host_port.2, l.ctr_ip).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
         out.push((
             i + 1,
             DnatAdd {
@@ -861,14 +892,18 @@ fn read_dnat_lines(file: &std::path::Path) -> Result<Vec<(usize, DnatAdd)>> {
 }
 
 fn describe_veth(v: &datapath::maps::Veth) -> String {
-    format!(
+    let mut s = format!(
         "{} (ifindex {}) container {} host {} mac {}",
         v.name,
         v.ifindex,
         v.ctr_ip,
         v.host_ip,
         netif::format_mac(&v.host_mac)
-    )
+    );
+    if let (Some(c), Some(h)) = (v.ctr_ip6, v.host_ip6) {
+        s.push_str(&format!(" container6 {c} host6 {h}"));
+    }
+    s
 }
 
 fn describe_container(c: &container::Container) -> String {
