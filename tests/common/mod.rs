@@ -8,6 +8,7 @@ pub mod flood;
 pub mod kstate;
 pub mod packet;
 pub mod podman;
+pub mod packet6;
 pub mod realsw;
 pub mod topo;
 
