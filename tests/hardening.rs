@@ -206,6 +206,10 @@ enum Class {
     NotL4,
     /// ICMP that is no error about a published flow.
     Icmp,
+    /// IPv6 UDP (to no published port, from a veth without IPv6).
+    Ipv6Udp,
+    /// IPv6 whose header is inconsistent (or not IPv6 at all).
+    Ipv6Malformed,
 }
 
 /// The documented verdict and counter of each program for a frame of a
@@ -215,6 +219,12 @@ fn documented(prog: &str, class: Class) -> (i32, Option<&'static str>) {
     use Class::*;
     match (prog, class) {
         ("dnat", NonIp | Arp) => (TC_ACT_UNSPEC, Some("dnat/not_ipv4")),
+        ("dnat", Ipv6Udp) => (TC_ACT_UNSPEC, Some("dnat/miss")),
+        ("dnat", Ipv6Malformed) => (TC_ACT_UNSPEC, Some("dnat/malformed")),
+        // IPv6 on a veth not registered for it: dropped before its headers.
+        ("snat", Ipv6Udp | Ipv6Malformed) => (TC_ACT_SHOT, Some("snat/unregistered")),
+        ("tproxy_ingress", Ipv6Udp | Ipv6Malformed) => (TC_ACT_SHOT, Some("tproxy_ingress/unregistered")),
+        ("tproxy_egress", Ipv6Udp) => (TC_ACT_OK, Some("tproxy_egress/host_udp")),
         ("dnat", Malformed) => (TC_ACT_UNSPEC, Some("dnat/malformed")),
         ("dnat", Fragment) => (TC_ACT_UNSPEC, Some("dnat/fragment")),
         ("dnat", NotL4) => (TC_ACT_UNSPEC, Some("dnat/not_l4")),
@@ -374,14 +384,14 @@ fn non_ip_shapes(ipv4: &[u8], arp_req: &[u8]) -> Vec<Shape> {
         shape("802.1ad (q-in-q) tagged ipv4", tagged(&tagged(ipv4, ETH_P_8021Q, 100), 0x88a8, 200), NonIp),
         shape("802.1Q-tagged arp request", tagged(arp_req, ETH_P_8021Q, 100), NonIp),
         shape("802.3 length in the type field", dot3, NonIp),
-        shape("ipv6 udp", packet::ipv6_udp(), NonIp),
-        shape("ipv6 with a hop-by-hop header", ipv6_frame(0, &hbh, &udp), NonIp),
-        shape("ipv6 header only (54 bytes)", ipv6_frame(59, &[], &[]), NonIp),
+        shape("ipv6 udp", packet::ipv6_udp(), Class::Ipv6Udp),
+        shape("ipv6 with a hop-by-hop header", ipv6_frame(0, &hbh, &udp), Class::Ipv6Udp),
+        shape("ipv6 header only (54 bytes, payload length 0)", ipv6_frame(59, &[], &[]), Class::Ipv6Malformed),
         shape("ipv4 packet typed as ipv6", {
             let mut f = ipv4.to_vec();
             put16(&mut f, 12, ETH_P_IPV6);
             f
-        }, NonIp),
+        }, Class::Ipv6Malformed),
     ]
 }
 
@@ -650,6 +660,79 @@ struct View {
     syn_only: bool,
     /// Offset of the L4 header in the frame.
     l4: usize,
+    /// Typed IPv6 (untagged): what `dp_parse_frame6` makes of it.
+    ipv6: Option<View6>,
+}
+
+/// An IPv6 frame as `dp_parse_frame6` reads it, worked out independently:
+/// extension headers followed (at most 8, within 256 bytes), lengths from
+/// the payload length, TCP data offset and UDP length.
+#[derive(Clone, Debug)]
+struct View6 {
+    parse: Parse,
+    /// The upper-layer (or last) next-header value and its offset.
+    next: u8,
+    off: usize,
+    /// 14 + 40 + payload length.
+    end: usize,
+    /// UDP only, with parse Ok.
+    udp: bool,
+}
+
+fn view6(f: &[u8]) -> View6 {
+    let mut v = View6 { parse: Parse::Malformed, next: 0, off: 0, end: 0, udp: false };
+    if f.len() < 54 {
+        return v;
+    }
+    v.end = 54 + usize::from(be16(f, 18));
+    if f[14] >> 4 != 6 || be16(f, 18) == 0 || v.end > f.len() {
+        return v;
+    }
+    let (mut next, mut off) = (f[20], 54);
+    for _ in 0..8 {
+        if !matches!(next, 0 | 43 | 60) {
+            break;
+        }
+        if off + 8 > v.end {
+            return v;
+        }
+        if off > 54 + 256 {
+            (v.next, v.off, v.parse) = (next, off, Parse::NotL4);
+            return v;
+        }
+        next = f[off];
+        off += (usize::from(f[off + 1]) + 1) * 8;
+    }
+    (v.next, v.off) = (next, off);
+    if next == 44 {
+        v.parse = Parse::Fragment;
+        return v;
+    }
+    if off > v.end {
+        return v;
+    }
+    if (next != TCP && next != UDP) || off > 54 + 256 {
+        v.parse = Parse::NotL4;
+        return v;
+    }
+    let min = if next == TCP { 20 } else { 8 };
+    if off + min > v.end {
+        return v;
+    }
+    if next == TCP {
+        let doff = usize::from(f[off + 12] >> 4) * 4;
+        if doff < 20 || off + doff > v.end {
+            return v;
+        }
+    } else {
+        let ulen = usize::from(be16(f, off + 4));
+        if ulen < 8 || off + ulen > v.end {
+            return v;
+        }
+    }
+    v.udp = next == UDP;
+    v.parse = Parse::Ok;
+    v
 }
 
 fn view(f: &[u8]) -> View {
@@ -665,8 +748,14 @@ fn view(f: &[u8]) -> View {
         dport: 0,
         syn_only: false,
         l4: 0,
+        ipv6: None,
     };
     if f.len() < 14 {
+        return v;
+    }
+    if be16(f, 12) == ETH_P_IPV6 {
+        v.parse = Parse::NotIpv4;
+        v.ipv6 = Some(view6(f));
         return v;
     }
     if be16(f, 12) != ETH_P_IP {
@@ -880,6 +969,16 @@ impl Model {
     }
 
     fn dnat(&self, f: &[u8], v: &View, ifindex: u32) -> Expect {
+        // Nothing is published on IPv6 here.
+        if let Some(v6) = &v.ipv6 {
+            return match v6.parse {
+                Parse::Ok => expect(TC_ACT_UNSPEC, Some("dnat/miss")),
+                Parse::NotL4 if v6.next == 58 => expect(TC_ACT_UNSPEC, Some("dnat/icmp_passed")),
+                Parse::NotL4 => expect(TC_ACT_UNSPEC, Some("dnat/not_l4")),
+                Parse::Fragment => expect(TC_ACT_UNSPEC, Some("dnat/fragment")),
+                _ => expect(TC_ACT_UNSPEC, Some("dnat/malformed")),
+            };
+        }
         match v.parse {
             Parse::NotIpv4 => return expect(TC_ACT_UNSPEC, Some("dnat/not_ipv4")),
             Parse::NotL4 if v.proto == ICMP => return self.dnat_icmp(f, v),
@@ -922,6 +1021,10 @@ impl Model {
     }
 
     fn snat(&self, v: &View, ifindex: u32) -> Expect {
+        // No veth is registered for IPv6 here.
+        if v.ipv6.is_some() {
+            return expect(TC_ACT_SHOT, Some("snat/unregistered"));
+        }
         if !v.has_ip {
             return expect(TC_ACT_UNSPEC, Some("snat/handed_on"));
         }
@@ -946,6 +1049,19 @@ impl Model {
     }
 
     fn arp(&self, f: &[u8], ifindex: u32) -> Expect {
+        if f.len() >= 14 && be16(f, 12) == ETH_P_IPV6 {
+            // ICMPv6 of neighbour and router discovery and MLD goes to the
+            // kernel; a solicitation, on a veth without IPv6, too.
+            let v6 = view6(f);
+            if v6.parse != Parse::NotL4 || v6.next != 58 || v6.off > 370 || v6.off + 4 > v6.end {
+                return expect(TC_ACT_UNSPEC, None);
+            }
+            return match f[v6.off] {
+                135 => expect(TC_ACT_OK, Some("arp/unregistered")),
+                130..=134 | 136 | 137 | 143 => expect(TC_ACT_OK, Some("arp/nd_passed")),
+                _ => expect(TC_ACT_UNSPEC, None),
+            };
+        }
         if f.len() < 14 || be16(f, 12) != ETH_P_ARP {
             return expect(TC_ACT_UNSPEC, None);
         }
@@ -978,6 +1094,9 @@ impl Model {
 
     fn tproxy_ingress(&self, f: &[u8], v: &View, ifindex: u32) -> Expect {
         let drop = |c| expect(TC_ACT_SHOT, Some(c));
+        if v.ipv6.is_some() {
+            return drop("tproxy_ingress/unregistered");
+        }
         if v.parse == Parse::NotIpv4 {
             if be16(f, 12) == ETH_P_ARP {
                 return expect(TC_ACT_OK, None);
@@ -1038,6 +1157,10 @@ impl Model {
 
     fn tproxy_egress(&self, v: &View, ifindex: u32) -> Expect {
         let pass = expect(TC_ACT_OK, Some("tproxy_egress/passed"));
+        // No proxied IPv6 flow here: IPv6 UDP is recorded in host_flows6.
+        if let Some(v6) = &v.ipv6 {
+            return if v6.parse == Parse::Ok && v6.udp { expect(TC_ACT_OK, Some("tproxy_egress/host_udp")) } else { pass };
+        }
         if v.parse != Parse::Ok {
             return pass;
         }
