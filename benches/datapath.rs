@@ -35,6 +35,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::packet::{arp, Pkt};
+use common::packet6::{ip6, Pkt6};
 use common::*;
 use datapath::abi::{bytes_of, types, Proto};
 use datapath::maps::Ext;
@@ -164,9 +165,10 @@ fn prog_env() -> ProgEnv {
     let ns = TestNs::new();
     ns.ip("link add dpv0 type veth peer name dpc0");
     ns.ip("addr add 10.0.0.1/32 dev dpv0");
+    ns.ip("-6 addr add fe80::1/64 dev dpv0 nodad");
     ns.ip("link add dpext type veth peer name dpextp");
     let n = Some(ns.name.as_str());
-    ops::veth_add(&root.pins, n, "dpv0", ip("10.0.0.2")).unwrap();
+    ops::veth_add_dual(&root.pins, n, "dpv0", ip("10.0.0.2"), Some(ip6("fd00::2"))).unwrap();
     // The fixed points: the external address is the container's and the
     // host port its port, so dnat and snat write what is already there.
     ops::snat_set(&root.pins, n, ip("10.0.0.2"), "dpext").unwrap();
@@ -180,6 +182,9 @@ fn prog_env() -> ProgEnv {
         to_port: 25565,
     };
     ops::dnat_add(&root.pins, n, &a).unwrap();
+    // The same fixed points over IPv6.
+    ops::external_add(&root.pins, n, ip6("fd00::2"), "dpext", true).unwrap();
+    ops::dnat_add(&root.pins, n, &DnatAdd { ctr_ip: ip6("fd00::2").into(), ..a }).unwrap();
     let (v0, ext) = (ns.iface("dpv0"), ns.iface("dpext"));
     ProgEnv { root, ns, v0, ext }
 }
@@ -280,6 +285,34 @@ fn fill(env: &ProgEnv) {
         let v = types::flow_orig::new(ip("192.0.2.1"), 443, ip("10.255.0.1"), 9111);
         flows.update(bytes_of(&k), bytes_of(&v), MapFlags::ANY).unwrap();
     }
+    // Their IPv6 twins, the same way (2001:db8:100::/40: nothing the
+    // fixtures use).
+    let a6 = |hi: u16, i: u32| std::net::Ipv6Addr::new(0x2001, 0xdb8, hi, 0, 0, 0, (i >> 16) as u16, i as u16);
+    let dnat6 = datapath::maps::open(&env.root.pins, "dnat6").unwrap();
+    for i in 0..n.saturating_sub(datapath::maps::count(&dnat6) as u32) {
+        let k = types::dnat6_key::new(a6(0x100, i / 60000), (i % 60000 + 1) as u16, Proto::Tcp);
+        let v = types::dnat6_value::new(a6(0x101, i), 25565, CTR0, 999, i);
+        dnat6.update(bytes_of(&k), bytes_of(&v), MapFlags::NO_EXIST).unwrap();
+    }
+    let flows6 = datapath::maps::open(&env.root.pins, "flows6").unwrap();
+    let flows_target = datapath::abi::capacity::FLOWS - 2048;
+    for i in 0..flows_target.saturating_sub(datapath::maps::count(&flows6) as u32) {
+        let k = types::flow6_key::new(a6(0x101, i / 8), 25565, a6(0x102, i), 40000, Proto::Tcp);
+        let v = types::flow6_value::new(a6(0x100, 0), 30001, 2, 999, i % n);
+        flows6.update(bytes_of(&k), bytes_of(&v), MapFlags::ANY).unwrap();
+    }
+    let veths6 = datapath::maps::open(&env.root.pins, "veths6").unwrap();
+    for i in 0..datapath::abi::capacity::VETHS.saturating_sub(datapath::maps::count(&veths6) as u32) {
+        let v = types::veth6_info::new(a6(0x103, i), ip6("fe80::1"), CTR0);
+        veths6.update(bytes_of(&(1_000_000 + i)), bytes_of(&v), MapFlags::NO_EXIST).unwrap();
+    }
+    let pflows6 = datapath::maps::open(&env.root.pins, "proxy_flows6").unwrap();
+    let flows_target = datapath::abi::capacity::PROXY_FLOWS - 64;
+    for i in 0..flows_target.saturating_sub(datapath::maps::count(&pflows6) as u32) {
+        let k = types::ctr_endpoint6::new(a6(0x104, i), 40000, Proto::Tcp);
+        let v = types::flow_orig6::new(ip6("2001:db8::443"), 443, ip6("fe80::1"), 9111);
+        pflows6.update(bytes_of(&k), bytes_of(&v), MapFlags::ANY).unwrap();
+    }
 }
 
 /// The empty TC program in the run that measured the upstream figures.
@@ -297,6 +330,9 @@ struct Path {
     target: bool,
     upstream: Option<&'static str>,
     upstream_ns: Option<f64>,
+    /// An IPv6 path: the index of its IPv4 twin (the release before had
+    /// no IPv6, so it has no "previous" figure).
+    v4_twin: Option<usize>,
 }
 
 fn syn(mut p: Pkt) -> Pkt {
@@ -319,6 +355,7 @@ fn paths(env: &ProgEnv) -> Vec<Path> {
         target: false,
         upstream: up.map(|u| u.0),
         upstream_ns: up.map(|u| u.1),
+        v4_twin: None,
     };
     let mut v = vec![
         p("dnat hit", "dnat", Pkt::tcp((PLAYER, 40000), (c, 25565)).macs(PEER, CTR0).build(), e, TC_ACT_REDIRECT, Some(("67", 67.0))),
@@ -331,6 +368,21 @@ fn paths(env: &ProgEnv) -> Vec<Path> {
     ];
     v[0].target = true;
     v[2].target = true;
+    // IPv6 twins of the hit paths, each held to 1.3 times its IPv4 figure.
+    let (c6, gw6, player6) = (ip6("fd00::2"), ip6("fe80::1"), ip6("2001:db8:ff::9"));
+    let six = [
+        (0, "dnat hit, IPv6", "dnat", Pkt6::tcp((player6, 40000), (c6, 25565)).macs(PEER, CTR0).build(), e, TC_ACT_REDIRECT),
+        (2, "snat hit, IPv6", "snat", Pkt6::tcp((c6, 25565), (player6, 40000)).macs(CTR0, vmac).build(), v0, TC_ACT_REDIRECT),
+        (3, "tproxy ingress dns (udp), IPv6", "tproxy_ingress", Pkt6::udp((c6, 5353), (gw6, 53)).macs(CTR0, vmac).build(), v0, TC_ACT_OK),
+        (4, "tproxy ingress http, IPv6", "tproxy_ingress", Pkt6::tcp((c6, 40080), (gw6, 80)).syn().macs(CTR0, vmac).build(), v0, TC_ACT_OK),
+        (5, "tproxy ingress other tcp, IPv6", "tproxy_ingress", Pkt6::tcp((c6, 40443), (gw6, 9111)).syn().macs(CTR0, vmac).build(), v0, TC_ACT_OK),
+        (6, "tproxy egress restore, IPv6", "tproxy_egress", Pkt6::tcp((gw6, 9111), (c6, 40443)).macs(vmac, CTR0).build(), v0, TC_ACT_OK),
+    ];
+    for (twin, name, prog, frame, ifindex, verdict) in six {
+        let mut x = p(name, prog, frame, ifindex, verdict, None);
+        x.v4_twin = Some(twin);
+        v.push(x);
+    }
     let mut a = p("arp reply (one run per call)", "arp", arp(1, CTR0, c, [0; 6], gw, [0xff; 6]), v0, TC_ACT_REDIRECT, None);
     a.single = true;
     v.push(a);
@@ -376,14 +428,18 @@ fn prog_bench(opts: &Opts) -> String {
         target: false,
         upstream: None,
         upstream_ns: None,
+        v4_twin: None,
     };
     let measure_all = |fds: &dyn Fn(&str) -> std::os::fd::OwnedFd| -> Vec<f64> {
         paths.iter().map(|p| measure_fd(&fds(p.prog), p, opts)).collect()
     };
+    let measure_v4 = |fds: &dyn Fn(&str) -> std::os::fd::OwnedFd| -> Vec<f64> {
+        paths.iter().map(|p| if p.v4_twin.is_some() { f64::NAN } else { measure_fd(&fds(p.prog), p, opts) }).collect()
+    };
     // Side by side, interleaved: floor, previous release, this build.
     let floor = measure_fd(&empty, &floor_path, opts);
     eprintln!("bench: previous release");
-    let previous = measure_all(&|name| prev.prog(name));
+    let previous = measure_v4(&|name| prev.prog(name));
     eprintln!("bench: this build");
     let one = measure_all(&|name| prog_fd(&env.root, name));
     let floor2 = measure_fd(&empty, &floor_path, opts);
@@ -402,7 +458,9 @@ fn prog_bench(opts: &Opts) -> String {
          \"upstream\": the system this one replaces, not part of this repository and so not measured here: \
          its figures from one run on this machine class (BPF_PROG_TEST_RUN, fixed-point frames) beside an empty \
          TC program that cost {UPSTREAM_FLOOR_NS:.0} ns there; each build is compared above its own run's floor. \
-         \"65,536 entries\": dnat4 {nd}, flows4 {nf}, veths 65,536, proxy_flows {np} (LRU maps just under capacity).\n\n\
+         \"65,536 entries\": dnat4 {nd}, flows4 {nf}, veths 65,536, proxy_flows {np} (LRU maps just under capacity), \
+         and their IPv6 twins as full. IPv6 paths: \"target\" is at most 1.3 times the IPv4 twin's figure in the \
+         same column (the release before had no IPv6).\n\n\
          | path | previous (ns) | 1 entry (ns) | 65,536 entries (ns) | change | target (ns) | upstream (ns) | 1 entry vs upstream, above each floor |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
@@ -415,15 +473,25 @@ fn prog_bench(opts: &Opts) -> String {
             ),
             _ => ("-".into(), "-".into()),
         };
-        let target = if p.target {
+        let target = if let Some(j) = p.v4_twin {
+            let (t1, tf) = (1.3 * one[j], 1.3 * full[j]);
+            let met = one[i] <= t1 && full[i] <= tf;
+            format!(
+                "≤ {t1:.1} / {tf:.1} ({:.2}x / {:.2}x IPv4) {}",
+                one[i] / one[j],
+                full[i] / full[j],
+                if met { "met" } else { "**missed**" }
+            )
+        } else if p.target {
             let t = floor + 1.25 * (previous[i] - floor);
             format!("≤ {t:.1} {}", if one[i] <= t && full[i] <= t { "met" } else { "**missed**" })
         } else {
             "-".into()
         };
+        let prev_s = if previous[i].is_nan() { "-".to_string() } else { format!("{:.1}", previous[i]) };
         s.push_str(&format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:+.1}% | {target} | {up} | {vs} |\n",
-            p.name, previous[i], one[i], full[i], change
+            "| {} | {prev_s} | {:.1} | {:.1} | {:+.1}% | {target} | {up} | {vs} |\n",
+            p.name, one[i], full[i], change
         ));
     }
     s.push('\n');
