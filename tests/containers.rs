@@ -66,7 +66,7 @@ impl Env {
         let [m, r, d] = published::counts(pins).unwrap();
         out.insert(format!("mappings {m} mapping_rev {r} dnat4 {d}"));
         for v in VethMap::open(pins).unwrap().list().unwrap() {
-            out.insert(format!("veth {} {} {}", v.ifindex, v.name, v.ctr_ip));
+            out.insert(format!("veth {} {} {} {:?}", v.ifindex, v.name, v.ctr_ip, v.ctr_ip6));
         }
         for r in datapath::kernel::attach::Records::open(pins).unwrap().list().unwrap() {
             out.insert(format!("attachment {:?} {} {}", r.kind, r.netns, r.target));
@@ -274,10 +274,10 @@ fn real_refusals_name_the_step_and_leave_nothing() {
     refused("port in use", &taken, Step::Check, ErrorKind::InUse);
     container::del(&e.root.pins, &first.name).unwrap();
 
-    // IPv6, bad arguments.
+    // Bad arguments.
     let mut v6 = s.clone();
-    v6.ip6 = Some("2001:db8::2".parse().unwrap());
-    refused("IPv6", &v6, Step::Check, ErrorKind::Unsupported);
+    v6.ip6 = Some("fe80::2".parse().unwrap());
+    refused("link-local IPv6 address", &v6, Step::Check, ErrorKind::Invalid);
     let mut bad = s.clone();
     bad.name = "no spaces".into();
     refused("bad name", &bad, Step::Check, ErrorKind::Invalid);
@@ -419,7 +419,7 @@ fn the_command_line_adds_gets_lists_and_deletes() {
     let made = e.state();
     for (what, args) in [
         ("other arguments", vec!["container", "add", &name, "--netns", &e.ctr.name, "--ip", "10.77.0.6"]),
-        ("IPv6", vec!["container", "add", "x6", "--netns", &e.ctr.name, "--ip", "10.77.0.7", "--ip6", "2001:db8::7"]),
+        ("link-local IPv6", vec!["container", "add", "x6", "--netns", &e.ctr.name, "--ip", "10.77.0.7", "--ip6", "fe80::7"]),
         ("bad publish", vec!["container", "add", "xp", "--netns", &e.ctr.name, "--ip", "10.77.0.7", "--publish", "30007"]),
         ("no --netns", vec!["container", "add", "xn", "--ip", "10.77.0.7"]),
         ("bad name", vec!["container", "get", "a b"]),
@@ -438,5 +438,45 @@ fn the_command_line_adds_gets_lists_and_deletes() {
     let o = ctl(root, None, &["container", "del", &name, "--json"]);
     assert_ok("container del again", &o);
     assert!(o.stdout.contains("absent"));
+    assert_same("after del", &before, &e.state());
+}
+
+/// A dual-stack container (`--ip6`): wired with its IPv6 address and the
+/// gateway fe80::1, registered in veths6 too, and every port it publishes
+/// without an address published on the default IPv6 addresses as well;
+/// `del` removes all of it.
+#[test]
+fn a_dual_stack_container() {
+    if !privileged("a_dual_stack_container") {
+        return;
+    }
+    let e = Env::new();
+    let before = e.state();
+    let mut s = e.spec();
+    let ip6: std::net::Ipv6Addr = "fd00:77::2".parse().unwrap();
+    s.ip6 = Some(ip6);
+    e.add(&s).unwrap_or_else(|err| panic!("container add --ip6: {err}"));
+    assert_wired(&e, &s);
+    let pins = &e.root.pins;
+    let rec = container::check(pins, &s.name).unwrap();
+    assert_eq!(rec.ip6, Some(ip6));
+    let v = VethMap::open(pins).unwrap().get(rec.host_ifindex).unwrap().unwrap();
+    assert_eq!((v.ctr_ip6, v.host_ip6), (Some(ip6), Some("fe80::1".parse().unwrap())));
+    let addrs = ip_json(&format!("-n {} -6 addr show dev eth0", e.ctr.name));
+    assert!(addrs[0]["addr_info"].as_array().unwrap().iter().any(|a| a["local"] == ip6.to_string()), "{addrs}");
+    let mappings = maps::open(pins, maps::name::MAPPINGS).unwrap();
+    for p in &s.ports {
+        let m = published::get_in(&mappings, datapath::abi::AF_INET6, p.ext(), p.host_port, p.proto)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{p} is not published over IPv6"))
+            .mapping;
+        assert_eq!((m.ctr_ip, m.ctr_port, m.veth_ifindex), (ip6.into(), p.ctr_port, rec.host_ifindex));
+    }
+    // The same arguments again change nothing; without --ip6 they differ.
+    assert_eq!(e.add(&s).unwrap().change, Change::Unchanged);
+    let mut v4_only = s.clone();
+    v4_only.ip6 = None;
+    assert_eq!(e.add(&v4_only).unwrap_err().kind, ErrorKind::Exists);
+    container::del(pins, &s.name).unwrap();
     assert_same("after del", &before, &e.state());
 }

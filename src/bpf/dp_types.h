@@ -372,7 +372,7 @@ struct container_value {
 	__u32 mtu;		/* 0: the kernel's default */
 	__be32 addr4;		/* the container's address */
 	__be32 gateway4;	/* the host veth's address */
-	__be32 addr6[4];	/* zero: IPv6 is not wired by this release */
+	__be32 addr6[4];	/* a dual-stack container's IPv6 address, or zero */
 	__u8 ctr_mac[6];	/* the container side's MAC, once wired */
 	__u16 nports;
 	char host_ifname[DP_IFNAME_LEN];

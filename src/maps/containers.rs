@@ -142,6 +142,9 @@ pub struct Record {
     pub ip4: Ipv4Addr,
     /// The host veth's address, the container's default gateway.
     pub gateway4: Ipv4Addr,
+    /// A dual-stack container's IPv6 address (its gateway is fe80::1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub host_ifname: String,
     /// The host veth's index; 0 until it exists.
     pub host_ifindex: u32,
@@ -167,6 +170,7 @@ impl Record {
         };
         v.set_addr4(self.ip4);
         v.set_gateway4(self.gateway4);
+        v.addr6 = self.ip6.map(crate::abi::be128).unwrap_or([0; 4]);
         set_cstr(&mut v.host_ifname, &self.host_ifname).context("host veth name")?;
         set_cstr(&mut v.ifname, &self.ifname).context("interface name")?;
         set_cstr(&mut v.host_netns, &self.host_netns).context("host namespace name")?;
@@ -199,6 +203,7 @@ impl Record {
             mtu: (v.mtu != 0).then_some(v.mtu),
             ip4: v.addr4(),
             gateway4: v.gateway4(),
+            ip6: (v.addr6 != [0; 4]).then(|| crate::abi::ip6_of(&v.addr6)),
             host_ifname: cstr(&v.host_ifname),
             host_ifindex: v.host_ifindex,
             ctr_mac: (v.ctr_mac != [0; 6]).then_some(v.ctr_mac),
@@ -324,6 +329,7 @@ mod tests {
             mtu: Some(1400),
             ip4: Ipv4Addr::new(10, 88, 0, 5),
             gateway4: DEFAULT_GATEWAY4,
+            ip6: None,
             host_ifname: "dp0123456789abc".into(),
             host_ifindex: 42,
             ctr_mac: Some([2, 0, 0, 0, 0, 1]),

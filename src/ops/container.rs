@@ -19,7 +19,9 @@
 //! containers.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::abi::{AF_INET, AF_INET6};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
@@ -46,7 +48,9 @@ pub struct Spec {
     /// `/proc/PID/ns/net`).
     pub netns: PathBuf,
     pub ip4: Ipv4Addr,
-    /// Refused by this build: the IPv6 datapath is not there yet.
+    /// A dual-stack container's IPv6 address (gateway fe80::1): registered
+    /// with it, and every port published without an address is published
+    /// on the default IPv6 addresses too.
     pub ip6: Option<Ipv6Addr>,
     /// The container side's name (default `eth0`).
     pub ifname: String,
@@ -202,12 +206,7 @@ fn check_spec(spec: &Spec, wiring: &Wiring) -> Result<(), Error> {
     let invalid = |e: anyhow::Error| fail(&spec.name, Step::Check, ErrorKind::Invalid, e);
     check_container_name(&spec.name).map_err(invalid)?;
     if let Some(a) = spec.ip6 {
-        return Err(fail(
-            &spec.name,
-            Step::Check,
-            ErrorKind::Unsupported,
-            anyhow!("IPv6 address {a}: this build has no IPv6 datapath, so containers are IPv4 only"),
-        ));
+        maps::check_addr6(a, "container address").map_err(invalid)?;
     }
     check_name(&spec.ifname).map_err(|e| invalid(e.into()))?;
     wiring.validate().map_err(|e| invalid(e.into()))?;
@@ -256,6 +255,7 @@ fn wiring_of(r: &Record) -> Wiring {
     w.ifname = r.ifname.clone();
     w.mtu = r.mtu;
     w.gateway4 = r.gateway4;
+    w.ip6 = r.ip6;
     w
 }
 
@@ -270,6 +270,7 @@ fn same_arguments(cur: &Record, want: &Record) -> bool {
     cur.host_netns == want.host_netns
         && cur.netns == want.netns
         && cur.ip4 == want.ip4
+        && cur.ip6 == want.ip6
         && cur.ifname == want.ifname
         && cur.mtu == want.mtu
         && cur.owner == want.owner
@@ -278,6 +279,9 @@ fn same_arguments(cur: &Record, want: &Record) -> bool {
 
 fn describe(r: &Record) -> String {
     let mut s = format!("--netns {} --ip {} --ifname {}", r.netns.display(), r.ip4, r.ifname);
+    if let Some(a) = r.ip6 {
+        s += &format!(" --ip6 {a}");
+    }
     if let Some(m) = r.mtu {
         s += &format!(" --mtu {m}");
     }
@@ -373,6 +377,7 @@ impl<'a> Add<'a> {
         let mut w = Wiring::new(name, spec.netns.clone(), spec.ip4);
         w.ifname = spec.ifname.clone();
         w.mtu = spec.mtu;
+        w.ip6 = spec.ip6;
         check_spec(spec, &w)?;
         if !pins.is_loaded() {
             return Err(self.err(
@@ -396,6 +401,7 @@ impl<'a> Add<'a> {
             mtu: spec.mtu,
             ip4: spec.ip4,
             gateway4: w.gateway4,
+            ip6: spec.ip6,
             host_ifname: w.host_ifname.clone(),
             host_ifindex: 0,
             ctr_mac: None,
@@ -458,12 +464,14 @@ impl<'a> Add<'a> {
                     ));
                 }
             }
-            if let Some(cur) = published::get(&mappings, p.ext(), p.host_port, p.proto).map_err(other)? {
-                return Err(self.err(
-                    Step::Check,
-                    ErrorKind::InUse,
-                    anyhow!("{} is already published ({})", cur.mapping.port_name(), cur.mapping.describe()),
-                ));
+            for family in families(rec, p) {
+                if let Some(cur) = published::get_in(&mappings, family, p.ext(), p.host_port, p.proto).map_err(other)? {
+                    return Err(self.err(
+                        Step::Check,
+                        ErrorKind::InUse,
+                        anyhow!("{} is already published ({})", cur.mapping.port_name(), cur.mapping.describe()),
+                    ));
+                }
             }
         }
         Ok(())
@@ -514,6 +522,10 @@ impl<'a> Add<'a> {
         // belongs to a veth that is gone, and is replaced.
         let v = types::veth_info::new(rec.ip4, rec.gateway4, host_mac).with_name(&rec.host_ifname);
         txn.put(name::VETHS, &rec.host_ifindex, &v).map_err(|e| self.err(Step::Register, map_kind(&e), e))?;
+        if let Some(ip6) = rec.ip6 {
+            let v6 = types::veth6_info::new(ip6, w.gateway6, host_mac);
+            txn.put(name::VETHS6, &rec.host_ifindex, &v6).map_err(|e| self.err(Step::Register, map_kind(&e), e))?;
+        }
 
         for p in rec.ports.clone() {
             self.at(Step::Publish(p))?;
@@ -527,6 +539,10 @@ impl<'a> Add<'a> {
                 veth_ifindex: rec.host_ifindex,
             };
             published::add(&mut txn, &m).map_err(|e| self.err(Step::Publish(p), map_kind(&e), e))?;
+            if let (Some(ip6), true) = (rec.ip6, families(rec, &p).contains(&AF_INET6)) {
+                let m6 = Mapping { ctr_ip: ip6.into(), ..m };
+                published::add(&mut txn, &m6).map_err(|e| self.err(Step::Publish(p), map_kind(&e), e))?;
+            }
         }
 
         self.at(Step::Commit)?;
@@ -563,7 +579,18 @@ impl<'a> Add<'a> {
 
 /// Whether mapping `m` leads to `rec`'s port `p`.
 fn leads_to(m: &Mapping, rec: &Record, p: &Port) -> bool {
-    m.ctr_ip == rec.ip4 && m.ctr_port == p.ctr_port && m.veth_ifindex == rec.host_ifindex
+    let ip = if m.ctr_ip.is_ipv6() { rec.ip6.map(IpAddr::V6) } else { Some(IpAddr::V4(rec.ip4)) };
+    Some(m.ctr_ip) == ip && m.ctr_port == p.ctr_port && m.veth_ifindex == rec.host_ifindex
+}
+
+/// The families port `p` of `rec` is published in: IPv4, and IPv6 too for
+/// a dual-stack container's port without an address.
+fn families(rec: &Record, p: &Port) -> Vec<u8> {
+    if rec.ip6.is_some() && p.ext_addr.is_none() {
+        vec![AF_INET, AF_INET6]
+    } else {
+        vec![AF_INET]
+    }
 }
 
 /// In one transaction: deletes every port of `rec` still published to
@@ -576,13 +603,19 @@ fn unpublish_and_unregister(pins: &PinRoot, rec: &Record) -> anyhow::Result<()> 
     let mappings = maps::open(pins, name::MAPPINGS)?;
     let mut txn = Txn::begin(pins)?;
     for p in &rec.ports {
-        let cur = published::get(&mappings, p.ext(), p.host_port, p.proto)?;
-        if cur.is_some_and(|c| leads_to(&c.mapping, rec, p)) {
-            published::del(&mut txn, p.ext(), p.host_port, p.proto).with_context(|| format!("unpublishing {p}"))?;
+        for family in families(rec, p) {
+            let cur = published::get_in(&mappings, family, p.ext(), p.host_port, p.proto)?;
+            if cur.is_some_and(|c| leads_to(&c.mapping, rec, p)) {
+                published::del_in(&mut txn, family, p.ext(), p.host_port, p.proto)
+                    .with_context(|| format!("unpublishing {p}"))?;
+            }
         }
     }
     let v: Option<types::veth_info> = txn.get(name::VETHS, &rec.host_ifindex)?;
     if v.is_some_and(|v| v.name() == rec.host_ifname) {
+        if txn.get::<_, types::veth6_info>(name::VETHS6, &rec.host_ifindex)?.is_some() {
+            txn.delete(name::VETHS6, &rec.host_ifindex)?;
+        }
         txn.delete(name::VETHS, &rec.host_ifindex)?;
     }
     txn.commit()
@@ -744,7 +777,7 @@ pub fn check(pins: &PinRoot, name: &str) -> anyhow::Result<Record> {
     }
     let v = VethMap::open(pins)?.get(rec.host_ifindex)?;
     match v {
-        Some(v) if v.name == rec.host_ifname && v.ctr_ip == rec.ip4 && v.host_ip == rec.gateway4 => {}
+        Some(v) if v.name == rec.host_ifname && v.ctr_ip == rec.ip4 && v.host_ip == rec.gateway4 && v.ctr_ip6 == rec.ip6 => {}
         _ => anyhow::bail!("veth {} is not registered for {}", rec.host_ifname, rec.ip4),
     }
     attach::check_tc(pins, host_ns, Kind::Host, &rec.host_ifindex.to_string())?;
@@ -789,8 +822,8 @@ mod tests {
     fn specs_that_can_never_work_are_refused_first() {
         assert_eq!(kind_of(&spec()), None);
         let mut s = spec();
-        s.ip6 = Some("2001:db8::2".parse().unwrap());
-        assert_eq!(kind_of(&s), Some(ErrorKind::Unsupported));
+        s.ip6 = Some("fe80::2".parse().unwrap());
+        assert_eq!(kind_of(&s), Some(ErrorKind::Invalid), "a link-local IPv6 address");
         let mut s = spec();
         s.ports.push("30001:25566".parse().unwrap());
         assert_eq!(kind_of(&s), Some(ErrorKind::Invalid), "host port twice");
