@@ -1057,8 +1057,7 @@ impl Model {
                 return expect(TC_ACT_UNSPEC, None);
             }
             return match f[v6.off] {
-                135 => expect(TC_ACT_OK, Some("arp/unregistered")),
-                130..=134 | 136 | 137 | 143 => expect(TC_ACT_OK, Some("arp/nd_passed")),
+                130..=137 | 143 => expect(TC_ACT_OK, Some("arp/nd_passed")),
                 _ => expect(TC_ACT_UNSPEC, None),
             };
         }

@@ -77,10 +77,11 @@ static __always_inline int arp_ipv6(struct __sk_buff *skb)
 	if (type != DP_ICMP6_NEIGH_SOL)
 		return dp_verdict(len, DP_STAT_NONE, TC_ACT_UNSPEC, NULL);
 
+	/* A veth without IPv6 (or not registered at all): the kernel's, like
+	 * the rest of neighbour discovery; arp's own counters stay ARP's. */
 	veth = bpf_map_lookup_elem(&veths6, &ifindex);
 	if (!veth)
-		return dp_verdict(len, DP_STAT_ARP_UNREGISTERED, TC_ACT_OK,
-				  NULL);
+		return dp_verdict(len, DP_STAT_ARP_ND_PASSED, TC_ACT_OK, NULL);
 	if ((void *)(icmp + 24) > data_end || ip6->hop_limit != 255 ||
 	    icmp[1] != 0 || icmp_off + 24 > p.end)
 		return dp_verdict(len, DP_STAT_ARP_ND_PASSED, TC_ACT_OK, NULL);

@@ -66,9 +66,10 @@ enum dp_stat {
 
 	DP_STAT_ARP_REPLIED,		/* request answered with the veth's MAC */
 	DP_STAT_ARP_PASSED,		/* other ARP: to the kernel */
-	DP_STAT_ARP_UNREGISTERED,	/* ARP or NS on an unregistered veth: kernel */
+	DP_STAT_ARP_UNREGISTERED,	/* ARP on an unregistered veth: kernel */
 	DP_STAT_ARP_NEIGH_ADVERTISED,	/* IPv6 NS answered with an NA */
-	DP_STAT_ARP_ND_PASSED,		/* other ND/RD, MLD, DAD: to the kernel */
+	DP_STAT_ARP_ND_PASSED,		/* other ND/RD, MLD, DAD, NS on a veth
+					 * without IPv6: to the kernel */
 
 	DP_STAT_TPROXY_INGRESS_DNS,		/* TCP/UDP to port 53: to the DNS proxy */
 	DP_STAT_TPROXY_INGRESS_HTTP,		/* TCP to port 80: to the HTTP proxy */
