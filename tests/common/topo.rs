@@ -222,6 +222,13 @@ pub fn route_str(r: &serde_json::Value) -> String {
 /// comparable lines: links (name, kind), addresses, and the routes of
 /// every table, both families.
 pub fn snapshot(ns: &str) -> std::collections::BTreeSet<String> {
+    // The kernel adds an IPv6 address's local route when duplicate address
+    // detection ends (about a second after a link comes up): wait for the
+    // namespace to settle so that a snapshot never races it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && tentative(ns) {
+        thread::sleep(Duration::from_millis(50));
+    }
     let mut out = std::collections::BTreeSet::new();
     for l in ip_json(&format!("-d -n {ns} link show")).as_array().unwrap() {
         out.insert(format!("link {} {}", l["ifname"], l["linkinfo"]["info_kind"]));
@@ -236,6 +243,14 @@ pub fn snapshot(ns: &str) -> std::collections::BTreeSet<String> {
         }
     }
     out
+}
+
+/// Whether an address of namespace `ns` is still in duplicate address
+/// detection.
+fn tentative(ns: &str) -> bool {
+    ip_json(&format!("-n {ns} addr show")).as_array().unwrap().iter().any(|l| {
+        l["addr_info"].as_array().into_iter().flatten().any(|a| a["tentative"].as_bool() == Some(true))
+    })
 }
 
 /// Asserts that two snapshots are the same, naming what differs.
