@@ -194,6 +194,11 @@ fn deny_hit_and_miss_v4_v6() {
     e.pass("deleted again", &ack("192.0.2.1", 30001), "guard/passed");
     g::deny_del(&e.root.pins, &"2001:db8:1::/48".parse().unwrap()).unwrap();
     e.pass("ipv6 entry deleted", &udp6("2001:db8:1:ff::5"), "guard/passed");
+
+    // A single IPv6 address: the lookup key carries all 128 bits.
+    e.deny("2001:db8:5::7/128", None);
+    e.drop("ipv6 from a denied /128", &udp6("2001:db8:5::7"), "guard/denied");
+    e.pass("its neighbour in the same /64", &udp6("2001:db8:5::8"), "guard/passed");
 }
 
 #[test]
@@ -434,6 +439,24 @@ fn udp_of_an_answered_flow_is_never_limited() {
     e.drop("p's datagram from another port: a new flow, over the limit", &other.build(), "guard/udp_limited");
     e.drop("p is blocked for new flows now", &other.build(), "guard/blocked");
     e.pass("but its answered flow goes on", &udp(p, 30002), "guard/established");
+    // The same container port published on a second address: p's
+    // datagram from the answered flow's port to that address is not the
+    // answered flow (its replies would leave from the other address).
+    let n = Some(e.ns.name.as_str());
+    let ext2 = ip("198.51.100.2");
+    ops::external_add(&e.root.pins, n, ext2, "dpext", false).unwrap();
+    let a = DnatAdd {
+        ext: datapath::maps::Ext::Addr(ext2.into()),
+        host_port: 30002,
+        ctr_ip: ip("10.0.0.2").into(),
+        veth: "dpv0".into(),
+        ctr_mac: [0x02, 0xc0, 0, 0, 0, 2],
+        proto: Proto::Udp,
+        to_port: 19132,
+    };
+    ops::dnat_add(&e.root.pins, n, &a).unwrap();
+    let elsewhere = Pkt::udp((ip(p), 40001), (ext2, 30002)).build();
+    e.drop("p's flow to the same container by another address: blocked", &elsewhere, "guard/blocked");
 
     e.pass("q's first datagram", &udp(q, 30002), "guard/admitted");
     {

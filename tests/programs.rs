@@ -245,6 +245,26 @@ fn tcp_csum_zero(mut p: Pkt) -> Pkt {
     p
 }
 
+/// `p` with the first IP identification for which rewriting `from` to `to`
+/// in the IPv4 header checksum (RFC 1624, over 16-bit words as they lie in
+/// memory, as the programs compute it) carries out of the first fold of
+/// the sum: a fold done once instead of twice leaves that checksum off by
+/// one.
+fn ip_csum_carries_twice(mut p: Pkt, from: Ipv4Addr, to: Ipv4Addr) -> Pkt {
+    let w = |b: [u8; 2]| u32::from(u16::from_ne_bytes(b));
+    let (f, t) = (from.octets(), to.octets());
+    for id in 0..=u16::MAX {
+        p.id = id;
+        let frame = p.build();
+        let check = w([frame[24], frame[25]]);
+        let s = (!check & 0xffff) + (!w([f[0], f[1]]) & 0xffff) + (!w([f[2], f[3]]) & 0xffff) + w([t[0], t[1]]) + w([t[2], t[3]]);
+        if (s & 0xffff) + (s >> 16) > 0xffff {
+            return p;
+        }
+    }
+    panic!("no identification makes the checksum update carry twice");
+}
+
 fn to_ext(env: &Env, p: Pkt) -> Pkt {
     p.macs(PEER, env.ext.1)
 }
@@ -301,6 +321,8 @@ fn dnat_fixtures() {
     let (zero, mut zero_out) = inbound(&env, tcp_csum_zero(Pkt::tcp((player(), 40000), (ext_ip(), 30001))), "10.0.0.2", 25565, CTR0);
     zero_out.payload = zero.payload.clone();
 
+    let (carry, carry_out) = inbound(&env, ip_csum_carries_twice(Pkt::tcp((player(), 40000), (ext_ip(), 30001)), ext_ip(), ip("10.0.0.2")), "10.0.0.2", 25565, CTR0);
+
     let (second, second_out) = inbound(&env, Pkt::tcp((player(), 40002), (ext2(), 30001)), "10.0.1.2", 25565, CTR1);
     let (third, third_out) = inbound(&env, Pkt::tcp((player(), 40003), (ext_ip(), 30003)), "10.0.1.2", 25565, CTR1);
 
@@ -327,6 +349,7 @@ fn dnat_fixtures() {
         fx("tcp hit of the same flow", "dnat", e, hit_tcp.build(), TC_ACT_REDIRECT, Some(hit_tcp_out.build()), "dnat/redirect").acct(acct_in(SLOT_30001, len(&hit_tcp), 0)),
         fx("a syn-ack is no new connection", "dnat", e, synack.build(), TC_ACT_REDIRECT, Some(synack_out.build()), "dnat/redirect").acct(acct_in(SLOT_30001, len(&synack), 0)),
         fx("a tcp segment whose checksum is 0x0000", "dnat", e, zero.build(), TC_ACT_REDIRECT, Some(zero_out.build()), "dnat/redirect").acct(acct_in(SLOT_30001, len(&zero), 0)),
+        fx("an ip checksum update that carries twice", "dnat", e, carry.build(), TC_ACT_REDIRECT, Some(carry_out.build()), "dnat/redirect").acct(acct_in(SLOT_30001, len(&carry), 0)),
         fx("udp hit, a new flow, --to-port", "dnat", e, hit_udp.build(), TC_ACT_REDIRECT, Some(hit_udp_out.build()), "dnat/redirect").acct(acct_in(SLOT_30002, len(&hit_udp), 1)),
         fx("udp hit of the same flow", "dnat", e, hit_udp.build(), TC_ACT_REDIRECT, Some(hit_udp_out.build()), "dnat/redirect").acct(acct_in(SLOT_30002, len(&hit_udp), 0)),
         fx("udp hit without checksum keeps 0", "dnat", e, udp_nocsum.build(), TC_ACT_REDIRECT, Some(udp_nocsum_out.build()), "dnat/redirect").acct(acct_in(SLOT_30002, len(&udp_nocsum), 0)),
@@ -417,9 +440,15 @@ fn a_flow_follows_every_field_of_its_mapping() {
         put(ext, port, veth, slot);
         let frame = to_ext(&env, Pkt::udp((player(), 40060), (ext, port))).build();
         let before = counters(&env.root);
+        let conns = |c: Vec<PortCounters>| c.iter().map(|c| c.conns).sum::<u64>();
+        let conns_before = conns(port_counters(&env));
         let out = test_run(&dnat, &frame, ifindex, 1);
         assert_eq!(out.verdict, TC_ACT_REDIRECT, "{what}: dnat's verdict");
         assert_counter_deltas(what, &before, &counters(&env.root), &[("dnat/redirect", 1)]);
+        // Only the first packet opens a connection; a flow that changed
+        // its mapping is the same connection.
+        let new = u64::from(what == "first packet");
+        assert_eq!(conns(port_counters(&env)) - conns_before, new, "{what}: connections counted");
         let f = published_flow(&env, "10.0.0.2", 19132, 40060, Proto::Udp).expect("the flow is recorded");
         assert_eq!(
             (f.ext_addr, f.host_port, f.ext_ifindex, f.veth_ifindex, f.slot),
@@ -794,6 +823,21 @@ fn snat_adopts_connections_of_the_release_before() {
         h("no route", v0, &p(40102, ip("192.0.2.99"))),
         h("local to the host", v0, &p(40103, host_addr)),
     ]);
+
+    // The mapping the port leads to must be the packet's own: its
+    // container port and its veth, not only its address.
+    let dnat4 = maps::open(&env.root.pins, "dnat4").unwrap();
+    let k = types::dnat4_key::new(ext_ip(), 30001, Proto::Tcp);
+    let put = |ctr_port: u16, veth: u32| {
+        let v = types::dnat4_value::new(ip("10.0.0.2"), ctr_port, CTR0, veth, SLOT_30001);
+        dnat4.update(bytes_of(&k), bytes_of(&v), MapFlags::ANY).unwrap();
+    };
+    put(25570, v0);
+    run_table(&env, vec![h("the host port now leads to another container port", v0, &p(40104, player()))]);
+    put(25565, v1);
+    run_table(&env, vec![h("the host port now leads through another veth", v0, &p(40105, player()))]);
+    put(25565, v0);
+    run_table(&env, vec![adopted("and back to this one", v0, &p(40106, player()), 30001, SLOT_30001)]);
 }
 
 #[test]
