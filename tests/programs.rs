@@ -580,6 +580,13 @@ fn icmp_errors_about_published_flows_are_translated() {
         passed("embedded header only", err(&th, 3, 4, 20)),
     ]);
     table.push(fx("embedded packet not ipv4", "dnat", e, not_v4, TC_ACT_UNSPEC, None, "dnat/icmp_passed"));
+    // The second container's port also published on 10.0.0.3 with the
+    // same host port as its recorded flow (which came by the second
+    // address): an error about a reply from 10.0.0.3 is not about that
+    // flow.
+    publish(&env.root, &env.ns, Ext::Addr(ip("10.0.0.3").into()), 30001, "10.0.1.2", "dpv1", CTR1, Proto::Tcp, 25565);
+    let (t3h, _) = host_packet(TCP, ip("10.0.0.3"), 30001, c1, 25565, 40002, 64);
+    table.push(passed("about a flow recorded on another address", icmp_to(&env, ip("10.0.0.3"), 3, 4, &t3h, all)));
     let mut frag_err = err(&th, 3, 4, all);
     frag_err.frag = 0x2000;
     table.push(fx("an icmp fragment", "dnat", e, frag_err.build(), TC_ACT_UNSPEC, None, "dnat/fragment"));
