@@ -12,7 +12,8 @@ The table (scripts/mutants.table) holds one block per mutant:
     survives: why it cannot be told (optional: an accepted survivor)
 
 `find` must occur exactly once in src/bpf/<file> (\\n, \\t and \\\\ are
-escapes); the mutant is the file with it replaced. A mutant is
+escapes), or `occurs: N` times when the IPv4 and IPv6 paths share the text,
+and then every occurrence is replaced; the mutant is the file with it replaced. A mutant is
 
     killed     a test failed (the first failing test is named),
     survived   every test of every target passed,
@@ -53,7 +54,7 @@ TARGET = os.path.join(WORK, "target")
 # `tests:` when they matter.
 TARGETS = [
     "programs", "hardening", "guard", "e2e", "e2e_flows", "e2e_hardening",
-    "guard_e2e", "real_software", "host_access",
+    "guard_e2e", "real_software", "host_access", "programs6", "e2e6", "observe",
 ]
 EXTRA_TARGETS = ["maps", "cli", "recover", "upgrade"]
 
@@ -62,6 +63,8 @@ FIRST = {
     "guard.bpf.c": ["guard"],
     "dp_guard.h": ["guard"],
     "hostaccess.bpf.c": ["host_access"],
+    "dp_pkt6.h": ["programs6"],
+    "dp_trace.h": ["observe"],
 }
 
 # Tests that assert timing (a player's login within 5 s under a flood, no
@@ -111,7 +114,7 @@ def parse_table(path):
                 cur = {"id": m.group(1), "line": n}
                 rows.append(cur)
                 continue
-            m = re.fullmatch(r"(file|find|replace|breaks|tests|survives):(?: (.*))?", line)
+            m = re.fullmatch(r"(file|find|replace|breaks|tests|survives|occurs):(?: (.*))?", line)
             if not m or cur is None:
                 die(f"{path}:{n}: expected [name] or 'key: value', got {line[:64]!r}")
             key, val = m.group(1), m.group(2) or ""
@@ -128,6 +131,9 @@ def parse_table(path):
         if r["find"] == r["replace"]:
             die(f"{path}:{r['line']}: [{r['id']}] replaces its text with itself")
         seen.add(r["id"])
+        if not r.get("occurs", "1").isdigit() or int(r.get("occurs", "1")) < 1:
+            die(f"{path}:{r['line']}: [{r['id']}] occurs must be a count")
+        r["occurs"] = int(r.get("occurs", "1"))
         r["tests"] = r.get("tests", "").split()
         for t in r["tests"]:
             if t not in TARGETS + EXTRA_TARGETS:
@@ -146,8 +152,9 @@ def check_rows(rows, src_dir):
             bad.append(f"[{r['id']}] {r['file']}: no such file")
             continue
         n = text.count(r["find"])
-        if n != 1:
-            bad.append(f"[{r['id']}] {r['file']}: its find text occurs {n} times (must be once)")
+        if n != r["occurs"]:
+            want = "once" if r["occurs"] == 1 else f"{r['occurs']} times"
+            bad.append(f"[{r['id']}] {r['file']}: its find text occurs {n} times (must be {want})")
     return bad
 
 
@@ -321,10 +328,10 @@ class Baseline:
 def run_mutant(row, baseline, log):
     path = os.path.join(TREE, "src", "bpf", row["file"])
     orig = open(path).read()
-    if orig.count(row["find"]) != 1:
-        return {"result": "stale", "by": "find text not found exactly once"}
+    if orig.count(row["find"]) != row["occurs"]:
+        return {"result": "stale", "by": "find text not found as often as its row says"}
     with open(path, "w") as f:
-        f.write(orig.replace(row["find"], row["replace"], 1))
+        f.write(orig.replace(row["find"], row["replace"]))
     start = time.monotonic()
     try:
         for target in target_order(row):
@@ -370,7 +377,8 @@ def read_doc():
             continue
         cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
         if len(cells) >= 5:
-            res[cells[0].strip("`")] = {"result": cells[1], "by": cells[2].strip("`")}
+            res[cells[0].strip("`")] = {"result": cells[1], "by": cells[2].strip("`"),
+                                         "tree": cells[5] if len(cells) >= 6 else ""}
     return res
 
 
@@ -393,15 +401,16 @@ def write_doc(rows, results, started):
         "private copy of the tree and run against the privileged test targets until the first",
         "failing test (`sudo ./scripts/mutants`; README, \"Mutation testing\"). *killed*: a test",
         "failed; *survived*: every test passed; *stillborn*: it does not build or does not",
-        "verify. Written by the last run; a run with `--only` updates its rows.",
+        "verify. Written by the last run; a run with `--only` updates its rows; *run on*: the",
+        "commit the row last ran on (`+`: with uncommitted changes; empty: before this column).",
         "",
         f"Last run: {started}. {len(rows)} mutants: " + ", ".join(
             f"{counts[k]} {k}" for k in ("killed", "survived", "stillborn", "stale", "not run")
             if counts.get(k)) + f" ({equiv} of the survivors equivalent). Killed of those that build, verify"
         f" and are not equivalent: **{score}** ({killed} of {built}).",
         "",
-        "| mutant | result | by | file | breaks |",
-        "|---|---|---|---|---|",
+        "| mutant | result | by | file | breaks | run on |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         res = results.get(r["id"], {"result": "not run", "by": ""})
@@ -411,7 +420,7 @@ def write_doc(rows, results, started):
         elif res["result"] == "survived" and r.get("survives"):
             by = r["survives"]
         lines.append(f"| `{r['id']}` | {res['result']} | {md_escape(by)} | {r['file']} | "
-                     f"{md_escape(r['breaks'])} |")
+                     f"{md_escape(r['breaks'])} | {res.get('tree', '')} |")
     surv = [r for r in rows if results.get(r["id"], {}).get("result") == "survived"]
     lines += ["", "## Survivors", ""]
     if not surv:
@@ -471,6 +480,13 @@ def main():
 
     sync_tree()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    # The commit the copy was taken from ("+": with uncommitted changes),
+    # so that every row of the report says which code it was run on.
+    head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "tests"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    tree = head + ("+" if dirty else "")
     baseline = Baseline()
     if not args.no_baseline and baseline.data.get("hash") != source_hash():
         log("clean run of the unmutated tree (every target must pass)")
@@ -480,6 +496,7 @@ def main():
     for i, r in enumerate(sel, 1):
         log(f"[{i}/{len(sel)}] {r['id']} ({r['file']}): {r['breaks']}")
         res = run_mutant(r, baseline, log)
+        res["tree"] = tree
         results[r["id"]] = res
         log(f"    {res['result']} {res['by']} ({r['seconds']:.0f} s)"
             + (f"\n    {res['why']}" if res.get("why") else ""))
