@@ -57,13 +57,31 @@ pub struct LoadReport {
 /// (`kernel::recover`). A map it cannot take over stops it before anything
 /// changes.
 pub fn load(pins: &PinRoot, opts: LoadOptions) -> Result<LoadReport> {
-    let created = pins.create_dirs()?;
-    let result = pins.lock().and_then(|_lock| load_inner(pins, opts));
-    if result.is_err() {
-        // A refused load leaves no directory behind that it made.
-        crate::kernel::pins::remove_dirs(&created);
+    // The verifier gives up with EAGAIN when a signal is pending on the
+    // loading thread (libbpf retries at once, a few times): a load stopped
+    // there has changed nothing, so it is made again, a little later.
+    let mut attempt = 0;
+    loop {
+        let created = pins.create_dirs()?;
+        let result = pins.lock().and_then(|_lock| load_inner(pins, opts));
+        if result.is_err() {
+            // A refused load leaves no directory behind that it made.
+            crate::kernel::pins::remove_dirs(&created);
+        }
+        match result {
+            Err(e) if attempt < 4 && verifier_interrupted(&e) => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20 * attempt));
+            }
+            r => return r,
+        }
     }
-    result
+}
+
+/// Whether a load failed because the verifier was interrupted (EAGAIN).
+fn verifier_interrupted(e: &anyhow::Error) -> bool {
+    let eagain = format!("(os error {})", nix::errno::Errno::EAGAIN as i32);
+    e.chain().any(|c| c.to_string().ends_with("(verifier)")) && e.chain().any(|c| c.to_string().contains(&eagain))
 }
 
 fn load_inner(pins: &PinRoot, opts: LoadOptions) -> Result<LoadReport> {
